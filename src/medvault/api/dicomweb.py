@@ -1,0 +1,518 @@
+"""DICOMweb (PS3.18) routes at /dicomweb: STOW-RS, QIDO-RS, WADO-RS, DELETE.
+
+Translation only: parse the request, ask the archive, shape the answer. Authentication and the
+policy decision happen in the route dependencies (``CanRead`` / ``CanStore`` / ``CanDelete``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydicom import dcmread
+from starlette.concurrency import run_in_threadpool
+
+from medvault.api import multipart as mp
+from medvault.api.auth import CanDelete, CanRead, CanStore
+from medvault.api.negotiation import (
+    ANY_SYNTAX,
+    EXPLICIT_VR_LE,
+    negotiate_dicom,
+    negotiate_frames,
+    negotiate_rendered,
+)
+from medvault.api.qido import parse_query, shape_results
+from medvault.archive import Archive, StoreOutcome
+from medvault.dicom.dicomjson import json_to_dataset
+from medvault.dicom.render import render_frame, uncompressed_frame
+from medvault.dicom.transcode import transcode_to_explicit_little_endian
+from medvault.errors import (
+    InvalidInput,
+    MedvaultError,
+    NotAcceptable,
+    NotFound,
+    TooLarge,
+    UnsupportedMedia,
+)
+from medvault.index.store import InstanceRecord, Level
+
+Json = dict[str, Any]
+DICOM_JSON = "application/dicom+json"
+BULK_PREFIX = "medvault:bulk/"
+
+router = APIRouter(prefix="/dicomweb")
+
+
+def get_archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+ArchiveDep = Annotated[Archive, Depends(get_archive)]
+
+
+def base_url(request: Request) -> str:
+    configured: str = request.app.state.public_url
+    root = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+    return root + "/dicomweb"
+
+
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, status_code=status_code, media_type=DICOM_JSON, headers=headers)
+
+
+# -- STOW-RS ---------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request) -> bytes:
+    limit: int = request.app.state.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _ref_item(o: StoreOutcome) -> Json:
+    item: Json = {}
+    if o.sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [o.sop_class_uid]}
+    if o.sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [o.sop_instance_uid]}
+    return item
+
+
+async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Response:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        raise UnsupportedMedia('Content-Type is required: multipart/related; type="application/dicom"; boundary=…')
+    boundary = mp.boundary_of(content_type)
+    parts = mp.parse_multipart(await _read_body(request), boundary)
+    outcomes: list[StoreOutcome | None] = [None] * len(parts)
+    dicom_positions: list[int] = []
+    for pos, part in enumerate(parts):
+        part_type = part.content_type
+        if part_type is not None and mp.parse_media_type(part_type).type != "application/dicom":
+            outcomes[pos] = StoreOutcome(
+                "failed", error=UnsupportedMedia(f"part {pos + 1} is {part_type}, not application/dicom")
+            )
+        else:
+            dicom_positions.append(pos)
+    stored = await run_in_threadpool(
+        archive.store_batch, [parts[p].body for p in dicom_positions], study_uid=study_uid
+    )
+    for pos, outcome in zip(dicom_positions, stored, strict=True):
+        outcomes[pos] = outcome
+    final = [o for o in outcomes if o is not None]
+
+    root = base_url(request)
+    referenced, failed, warnings = [], [], []
+    for pos, o in enumerate(final):
+        if o.status == "failed":
+            item = _ref_item(o)
+            error = o.error or MedvaultError("failed")
+            item["00081197"] = {"vr": "US", "Value": [error.failure_reason]}
+            failed.append(item)
+            warnings.append(f'299 medvault "part {pos + 1}: {error.message}"')
+        else:
+            item = _ref_item(o)
+            item["00081190"] = {
+                "vr": "UR",
+                "Value": [f"{root}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_instance_uid}"],
+            }
+            if o.status == "already_present":
+                item["00081196"] = {"vr": "US", "Value": [0xB000]}  # Warning: already present, unchanged
+            referenced.append(item)
+    payload: Json = {}
+    study_uids = {o.study_uid for o in final if o.status != "failed" and o.study_uid}
+    if study_uid or len(study_uids) == 1:
+        payload["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{study_uid or study_uids.pop()}"]}
+    if failed:
+        payload["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        payload["00081199"] = {"vr": "SQ", "Value": referenced}
+    if not failed:
+        status = 200
+    elif referenced:
+        status = 202
+    else:
+        codes = {(o.error.http_status if o.error else 409) for o in final}
+        status = codes.pop() if len(codes) == 1 else 409
+    headers = {"Warning": ", ".join(w.replace("\r", " ").replace("\n", " ") for w in warnings)} if warnings else None
+    return json_response(payload, status, headers)
+
+
+@router.post("/studies")
+async def stow_studies(request: Request, archive: ArchiveDep, _: CanStore) -> Response:
+    return await _stow(request, archive, None)
+
+
+@router.post("/studies/{study}")
+async def stow_study(study: str, request: Request, archive: ArchiveDep, _: CanStore) -> Response:
+    return await _stow(request, archive, study)
+
+
+# -- QIDO-RS ---------------------------------------------------------------------------------------
+
+
+def _qido(
+    request: Request, archive: Archive, level: Level, study: str | None = None, series: str | None = None
+) -> Response:
+    query = parse_query(list(request.query_params.multi_items()))
+    hits = archive.search(
+        level, query.criteria, study_uid=study, series_uid=series, offset=query.offset, limit=query.limit
+    )
+    return json_response(shape_results(level, hits, query, index=archive.index, base_url=base_url(request)))
+
+
+@router.get("/studies")
+def search_studies(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _qido(request, archive, "study")
+
+
+@router.get("/series")
+def search_series(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _qido(request, archive, "series")
+
+
+@router.get("/instances")
+def search_instances(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _qido(request, archive, "instance")
+
+
+@router.get("/studies/{study}/series")
+def search_study_series(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _qido(request, archive, "series", study)
+
+
+@router.get("/studies/{study}/instances")
+def search_study_instances(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _qido(request, archive, "instance", study)
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+def search_series_instances(
+    study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead
+) -> Response:
+    return _qido(request, archive, "instance", study, series)
+
+
+# -- WADO-RS: instances ----------------------------------------------------------------------------
+
+
+def _serve_bytes(archive: Archive, record: InstanceRecord, transfer_syntax: str) -> bytes:
+    data = archive.read(record)
+    if transfer_syntax in (ANY_SYNTAX, record.transfer_syntax):
+        return data
+    return transcode_to_explicit_little_endian(data)
+
+
+def _retrieve(request: Request, archive: Archive, study: str, series: str | None, sop: str | None) -> Response:
+    choice = negotiate_dicom(request.headers.get("accept"), single_instance=sop is not None)
+    records = archive.instances(study, series, sop)
+    if choice.transfer_syntax not in (ANY_SYNTAX, EXPLICIT_VR_LE):
+        if {r.transfer_syntax for r in records} != {choice.transfer_syntax}:
+            raise _syntax_not_available(choice.transfer_syntax)
+    if choice.single_part:
+        body = _serve_bytes(archive, records[0], choice.transfer_syntax)
+        return Response(body, media_type="application/dicom")
+    # Read the first instance before answering, so a missing or corrupt object is a clean error.
+    first = _serve_bytes(archive, records[0], choice.transfer_syntax)
+    boundary = mp.new_boundary()
+
+    def parts() -> Iterator[bytes]:
+        yield _part(boundary, first, choice.transfer_syntax, records[0])
+        for record in records[1:]:
+            yield _part(boundary, _serve_bytes(archive, record, choice.transfer_syntax), choice.transfer_syntax, record)
+        yield mp.closing(boundary)
+
+    return StreamingResponse(
+        parts(),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
+
+
+def _syntax_not_available(syntax: str) -> NotAcceptable:
+    return NotAcceptable(
+        f"transfer syntax {syntax} is not available; ask for transfer-syntax=* (as stored) "
+        "or 1.2.840.10008.1.2.1 (Explicit VR Little Endian)"
+    )
+
+
+def _part(boundary: str, body: bytes, requested: str, record: InstanceRecord) -> bytes:
+    syntax = record.transfer_syntax if requested == ANY_SYNTAX else requested
+    return mp.encode_part(boundary, f"application/dicom; transfer-syntax={syntax}", body)
+
+
+@router.get("/studies/{study}")
+def retrieve_study(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _retrieve(request, archive, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _retrieve(request, archive, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}")
+def retrieve_instance(
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead
+) -> Response:
+    return _retrieve(request, archive, study, series, sop)
+
+
+# -- WADO-RS: metadata -----------------------------------------------------------------------------
+
+
+def _absolute_bulk(obj: Any, instance_url: str) -> Any:
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key == "BulkDataURI" and isinstance(value, str) and value.startswith(BULK_PREFIX):
+                out[key] = f"{instance_url}/bulkdata/{value[len(BULK_PREFIX):]}"
+            else:
+                out[key] = _absolute_bulk(value, instance_url)
+        return out
+    if isinstance(obj, list):
+        return [_absolute_bulk(v, instance_url) for v in obj]
+    return obj
+
+
+def _metadata(request: Request, archive: Archive, study: str, series: str | None, sop: str | None) -> Response:
+    records = archive.instances(study, series, sop)
+    root = base_url(request)
+    out = []
+    for record, meta in zip(records, archive.metadata(records), strict=True):
+        url = f"{root}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
+        out.append(_absolute_bulk(meta, url))
+    return json_response(out)
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _metadata(request, archive, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
+    return _metadata(request, archive, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
+def instance_metadata(
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead
+) -> Response:
+    return _metadata(request, archive, study, series, sop)
+
+
+# -- WADO-RS: frames, bulk data, rendered ----------------------------------------------------------
+
+
+def _frame_numbers(raw: str) -> list[int]:
+    numbers = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise InvalidInput("frame numbers are a comma-separated list of positive integers")
+        numbers.append(int(item))
+    return numbers
+
+
+def _metadata_dataset(archive: Archive, record: InstanceRecord) -> Any:
+    return json_to_dataset(archive.metadata([record])[0])
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
+def retrieve_frames(
+    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, _: CanRead
+) -> Response:
+    numbers = _frame_numbers(frames)
+    record = archive.instances(study, series, sop)[0]
+    if not record.frames:
+        raise NotFound("the instance has no pixel data frames")
+    choice = negotiate_frames(request.headers.get("accept"), record.transfer_syntax)
+    raw = archive.read_frames(record, numbers)
+    if not choice.as_stored:
+        ds = _metadata_dataset(archive, record)
+        raw = [uncompressed_frame(ds, f, record.transfer_syntax) for f in raw]
+        syntax = EXPLICIT_VR_LE
+    else:
+        syntax = record.transfer_syntax
+    boundary = mp.new_boundary()
+    part_type = f"{choice.media_type}; transfer-syntax={syntax}"
+    body = mp.encode_multipart(boundary, [(part_type, f) for f in raw])
+    return Response(body, media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path}")
+def retrieve_bulkdata(
+    study: str, series: str, sop: str, tag_path: str, request: Request, archive: ArchiveDep, _: CanRead
+) -> Response:
+    record = archive.instances(study, series, sop)[0]
+    ds = dcmread(io.BytesIO(archive.read(record)))
+    element: Any = ds
+    try:
+        for step in tag_path.split("/"):
+            tag_text, _sep, item = step.partition(".")
+            element = element[int(tag_text, 16)]
+            if item:
+                element = element.value[int(item)]
+        value = element.value
+    except (KeyError, ValueError, IndexError):
+        raise NotFound("no such bulk data element") from None
+    if not isinstance(value, bytes):
+        raise NotFound("no such bulk data element")
+    boundary = mp.new_boundary()
+    body = mp.encode_multipart(boundary, [("application/octet-stream", value)])
+    return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+def _parse_window(raw: str | None) -> tuple[float, float] | None:
+    if raw is None:
+        return None
+    items = raw.split(",")
+    try:
+        center, width = float(items[0]), float(items[1])
+    except (ValueError, IndexError):
+        raise InvalidInput("window is center,width[,function]") from None
+    if width <= 0:
+        raise InvalidInput("window width must be positive")
+    return center, width
+
+
+def _parse_viewport(raw: str | None, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    if raw is None:
+        return default
+    items = raw.split(",")
+    try:
+        size = (int(items[0]), int(items[1]))
+    except (ValueError, IndexError):
+        raise InvalidInput("viewport is width,height") from None
+    if not (0 < size[0] <= 8192 and 0 < size[1] <= 8192):
+        raise InvalidInput("viewport width and height must be between 1 and 8192")
+    return size
+
+
+def _render(
+    request: Request,
+    archive: Archive,
+    record: InstanceRecord,
+    frame: int,
+    *,
+    window: str | None,
+    viewport: str | None,
+    quality: int,
+    default_viewport: tuple[int, int] | None = None,
+) -> Response:
+    media_type = negotiate_rendered(request.headers.get("accept"))
+    if not record.frames:
+        raise NotAcceptable("the instance has no pixel data to render")
+    raw = archive.read_frames(record, [frame])[0]
+    image = render_frame(
+        _metadata_dataset(archive, record),
+        raw,
+        record.transfer_syntax,
+        media_type=media_type,
+        window=_parse_window(window),
+        viewport=_parse_viewport(viewport, default_viewport),
+        quality=quality,
+    )
+    return Response(image, media_type=media_type)
+
+
+Quality = Annotated[int, Query(ge=1, le=100)]
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered")
+def render_instance(
+    study: str,
+    series: str,
+    sop: str,
+    request: Request,
+    archive: ArchiveDep,
+    _: CanRead,
+    window: str | None = None,
+    viewport: str | None = None,
+    quality: Quality = 90,
+) -> Response:
+    record = archive.instances(study, series, sop)[0]
+    return _render(request, archive, record, 1, window=window, viewport=viewport, quality=quality)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered")
+def render_frame_route(
+    study: str,
+    series: str,
+    sop: str,
+    frame: int,
+    request: Request,
+    archive: ArchiveDep,
+    _: CanRead,
+    window: str | None = None,
+    viewport: str | None = None,
+    quality: Quality = 90,
+) -> Response:
+    record = archive.instances(study, series, sop)[0]
+    return _render(request, archive, record, frame, window=window, viewport=viewport, quality=quality)
+
+
+def _thumbnail(request: Request, archive: Archive, records: Sequence[InstanceRecord], viewport: str | None) -> Response:
+    with_pixels = [r for r in records if r.frames]
+    if not with_pixels:
+        raise NotAcceptable("the instance has no pixel data to render")
+    record = with_pixels[len(with_pixels) // 2]
+    frame = (len(record.frames) + 1) // 2
+    return _render(
+        request, archive, record, frame, window=None, viewport=viewport, quality=80, default_viewport=(128, 128)
+    )
+
+
+@router.get("/studies/{study}/thumbnail")
+def study_thumbnail(
+    study: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+) -> Response:
+    return _thumbnail(request, archive, archive.instances(study), viewport)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+def series_thumbnail(
+    study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+) -> Response:
+    return _thumbnail(request, archive, archive.instances(study, series), viewport)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
+def instance_thumbnail(
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+) -> Response:
+    return _thumbnail(request, archive, archive.instances(study, series, sop), viewport)
+
+
+# -- DELETE ----------------------------------------------------------------------------------------
+
+
+@router.delete("/studies/{study}")
+def delete_study(study: str, archive: ArchiveDep, _: CanDelete) -> Response:
+    archive.delete(study)
+    return Response(status_code=204)
+
+
+@router.delete("/studies/{study}/series/{series}")
+def delete_series(study: str, series: str, archive: ArchiveDep, _: CanDelete) -> Response:
+    archive.delete(study, series)
+    return Response(status_code=204)
+
+
+@router.delete("/studies/{study}/series/{series}/instances/{sop}")
+def delete_instance(study: str, series: str, sop: str, archive: ArchiveDep, _: CanDelete) -> Response:
+    archive.delete(study, series, sop)
+    return Response(status_code=204)

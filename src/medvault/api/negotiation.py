@@ -1,0 +1,94 @@
+"""Content negotiation for WADO-RS (PS3.18 §8.7): which representation a client gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.uid import UID
+
+from medvault.api.multipart import MediaType, split_accept
+from medvault.errors import NotAcceptable
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+ANY_SYNTAX = "*"
+
+# Media types of frames stored in a compressed transfer syntax (PS3.18 Table 8.7.3-2).
+_FRAME_MEDIA: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+def _accepted(accept: str | None) -> list[MediaType]:
+    return split_accept(accept) if accept and accept.strip() else [MediaType("*/*")]
+
+
+@dataclass(frozen=True)
+class DicomChoice:
+    transfer_syntax: str  # "*" for as stored
+    single_part: bool  # Accept: application/dicom on an instance
+
+
+def negotiate_dicom(accept: str | None, *, single_instance: bool) -> DicomChoice:
+    for media in _accepted(accept):
+        ts = media.params.get("transfer-syntax", EXPLICIT_VR_LE)
+        if media.type in ("*/*", "multipart/*"):
+            return DicomChoice(ANY_SYNTAX if media.type == "*/*" else ts, single_part=False)
+        if media.type == "multipart/related" and media.params.get("type", "application/dicom").lower() in (
+            "application/dicom",
+        ):
+            return DicomChoice(ts, single_part=False)
+        if media.type == "application/dicom" and single_instance:
+            return DicomChoice(ts, single_part=True)
+    raise NotAcceptable(
+        'no acceptable representation; ask for multipart/related; type="application/dicom"; transfer-syntax=*'
+    )
+
+
+@dataclass(frozen=True)
+class FrameChoice:
+    as_stored: bool  # False: decode to Explicit VR Little Endian native bytes
+    media_type: str  # of each part
+
+
+def negotiate_frames(accept: str | None, stored_syntax: str) -> FrameChoice:
+    stored_compressed = UID(stored_syntax).is_compressed
+    stored_media = _FRAME_MEDIA.get(stored_syntax, "application/octet-stream")
+    for media in _accepted(accept):
+        if media.type in ("*/*", "multipart/*"):
+            return FrameChoice(True, stored_media) if stored_compressed else FrameChoice(False, "application/octet-stream")
+        if media.type != "multipart/related":
+            continue
+        part_type = media.params.get("type", "application/octet-stream").lower()
+        ts = media.params.get("transfer-syntax")
+        if part_type == "application/octet-stream":
+            if ts == ANY_SYNTAX:
+                return FrameChoice(True, stored_media if stored_compressed else part_type)
+            if ts in (None, EXPLICIT_VR_LE) or (ts == stored_syntax and not stored_compressed):
+                return FrameChoice(False, part_type)
+            continue
+        if stored_compressed and part_type == stored_media and ts in (None, ANY_SYNTAX, stored_syntax):
+            return FrameChoice(True, stored_media)
+    raise NotAcceptable(
+        'no acceptable frame representation; ask for multipart/related; type="application/octet-stream"; '
+        "transfer-syntax=* (as stored) or transfer-syntax=1.2.840.10008.1.2.1 (uncompressed)"
+    )
+
+
+def negotiate_rendered(accept: str | None) -> str:
+    for media in _accepted(accept):
+        if media.type in ("*/*", "image/*", "image/jpeg"):
+            return "image/jpeg"
+        if media.type == "image/png":
+            return "image/png"
+    raise NotAcceptable("rendered images are available as image/jpeg or image/png")

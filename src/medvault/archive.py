@@ -1,0 +1,325 @@
+"""The one service layer: store, find, retrieve, delete, rotate keys.
+
+Every protocol (DICOMweb, the CLI, later DIMSE) calls this class; encryption and integrity are
+decided here once. The flow of a store is parse -> hash -> encrypt with a fresh data key -> put
+the ciphertext -> index (with the wrapped data key). A read is index lookup -> fetch -> unwrap ->
+decrypt (GCM verifies each segment) -> SHA-256 check against the hash recorded at ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medvault.crypto.envelope import decrypt_object, decrypt_range, encrypt_object
+from medvault.crypto.kek import KekProvider, new_data_key
+from medvault.dicom.dicomjson import level_attributes
+from medvault.dicom.matching import Criterion
+from medvault.dicom.parse import ParsedInstance, parse_instance
+from medvault.errors import Conflict, IntegrityError, MedvaultError, NotFound, StudyMismatch, TooLarge
+from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance
+from medvault.storage.base import BlobStore
+
+Json = dict[str, Any]
+StoreStatus = Literal["stored", "already_present", "failed"]
+
+DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What happened to one submitted instance; ``error`` is set when ``status == "failed"``."""
+
+    status: StoreStatus
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    error: MedvaultError | None = None
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    current_kek: str
+    known_keks: list[str]
+    objects_per_kek: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    parsed: ParsedInstance
+    entry: NewInstance
+
+
+def _int_or_none(element: Json | None) -> int | None:
+    if not element or not element.get("Value"):
+        return None
+    try:
+        return int(element["Value"][0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _text_or_none(element: Json | None) -> str | None:
+    if not element or not element.get("Value"):
+        return None
+    value = element["Value"][0]
+    return value if isinstance(value, str) else None
+
+
+class Archive:
+    def __init__(
+        self,
+        *,
+        index: Index,
+        blobs: BlobStore,
+        keks: KekProvider,
+        max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.keks = keks
+        self.max_instance_bytes = max_instance_bytes
+        self._rotation_lock = threading.Lock()
+
+    # -- store -----------------------------------------------------------------------------------
+
+    def store(self, data: bytes, *, study_uid: str | None = None) -> StoreOutcome:
+        return self.store_batch([data], study_uid=study_uid)[0]
+
+    def store_batch(self, items: Sequence[bytes], *, study_uid: str | None = None) -> list[StoreOutcome]:
+        """Store instances; each gets its own outcome. Successful ones are indexed in one commit.
+
+        Nothing is half-stored: an instance is either fully indexed (its ciphertext present) or
+        its ciphertext is removed again.
+        """
+        outcomes: list[StoreOutcome | None] = [None] * len(items)
+        prepared: list[tuple[int, _Prepared]] = []
+        seen: dict[str, bytes] = {}
+        for pos, data in enumerate(items):
+            try:
+                result = self._prepare(data, study_uid=study_uid, seen=seen)
+            except MedvaultError as exc:
+                outcomes[pos] = StoreOutcome("failed", error=exc, **self._uids_of(exc))
+                continue
+            if isinstance(result, StoreOutcome):
+                outcomes[pos] = result
+            else:
+                prepared.append((pos, result))
+        if prepared:
+            try:
+                self.index.add_instances([p.entry for _, p in prepared])
+                for pos, p in prepared:
+                    outcomes[pos] = self._stored(p.parsed)
+            except Conflict:
+                # A concurrent writer stored one of them first: index one by one to sort it out.
+                for pos, p in prepared:
+                    outcomes[pos] = self._index_one(p)
+            except BaseException:
+                for _, p in prepared:
+                    self.blobs.delete(p.entry.blob_key)
+                raise
+        return [o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed")) for o in outcomes]
+
+    @staticmethod
+    def _uids_of(exc: MedvaultError) -> dict[str, str | None]:
+        uids = getattr(exc, "uids", None)
+        return dict(uids) if isinstance(uids, dict) else {}
+
+    @staticmethod
+    def _stored(parsed: ParsedInstance, status: StoreStatus = "stored") -> StoreOutcome:
+        return StoreOutcome(
+            status,
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            study_uid=parsed.study_instance_uid,
+            series_uid=parsed.series_instance_uid,
+        )
+
+    def _index_one(self, p: _Prepared) -> StoreOutcome:
+        try:
+            self.index.add_instances([p.entry])
+            return self._stored(p.parsed)
+        except Conflict as exc:
+            self.blobs.delete(p.entry.blob_key)
+            existing = self.index.get_instance(p.parsed.sop_instance_uid)
+            if existing is not None and existing.sha256 == p.entry.sha256:
+                return self._stored(p.parsed, "already_present")
+            return self._failed(p.parsed, exc)
+
+    def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
+        return StoreOutcome(
+            "failed",
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            study_uid=parsed.study_instance_uid,
+            series_uid=parsed.series_instance_uid,
+            error=exc,
+        )
+
+    def _prepare(
+        self, data: bytes, *, study_uid: str | None, seen: dict[str, bytes]
+    ) -> _Prepared | StoreOutcome:
+        if len(data) > self.max_instance_bytes:
+            raise TooLarge(
+                f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes} bytes",
+                hint="Raise server.max_instance_bytes in medvault.toml if such objects are expected.",
+            )
+        parsed = parse_instance(data)
+        if study_uid is not None and parsed.study_instance_uid != study_uid:
+            return self._failed(
+                parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")
+            )
+        digest = hashlib.sha256(data).digest()
+        uid = parsed.sop_instance_uid
+        duplicate_in_batch = seen.get(uid)
+        if duplicate_in_batch is not None:
+            if duplicate_in_batch == digest:
+                return self._stored(parsed, "already_present")
+            return self._failed(parsed, Conflict(f"SOP instance {uid} appears twice with different content"))
+        seen[uid] = digest
+        existing = self.index.get_instance(uid)
+        if existing is not None:
+            if existing.sha256 == digest:
+                return self._stored(parsed, "already_present")
+            return self._failed(
+                parsed,
+                Conflict(
+                    f"SOP instance {uid} is already stored with different content; it was not overwritten",
+                    hint="Give changed content a new SOPInstanceUID, or delete the stored instance first.",
+                ),
+            )
+        blob_key = secrets.token_hex(16)
+        data_key = new_data_key()
+        context = blob_key.encode()
+        ciphertext = encrypt_object(data, data_key, object_id=context)
+        wrapped = self.keks.wrap(data_key, context=context)
+        del data_key
+        self.blobs.put(blob_key, ciphertext)
+        meta = parsed.metadata
+        study_date = _text_or_none(meta.get("00080020"))
+        entry = NewInstance(
+            study_uid=parsed.study_instance_uid,
+            series_uid=parsed.series_instance_uid,
+            sop_uid=uid,
+            sop_class_uid=parsed.sop_class_uid,
+            transfer_syntax=parsed.transfer_syntax_uid,
+            instance_number=_int_or_none(meta.get("00200013")),
+            modality=_text_or_none(meta.get("00080060")),
+            series_number=_int_or_none(meta.get("00200011")),
+            study_year=int(study_date[:4]) if study_date and study_date[:4].isdigit() else None,
+            number_of_frames=parsed.number_of_frames,
+            frames=[list(f.fragments) for f in parsed.frames],
+            blob_key=blob_key,
+            size=len(data),
+            sha256=digest,
+            study_doc=level_attributes(meta, "study"),
+            series_doc=level_attributes(meta, "series"),
+            instance_doc=level_attributes(meta, "instance"),
+            metadata=meta,
+            wrapped_key=wrapped,
+        )
+        return _Prepared(parsed=parsed, entry=entry)
+
+    # -- find ------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        level: Level,
+        criteria: Sequence[Criterion],
+        *,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Hit]:
+        return self.index.search(
+            level, criteria, study_uid=study_uid, series_uid=series_uid, offset=offset, limit=limit
+        )
+
+    def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """The instances under the given UIDs; ``NotFound`` when there are none."""
+        records = self.index.find_instances(study_uid, series_uid, sop_uid)
+        if not records:
+            what = "instance" if sop_uid else "series" if series_uid else "study"
+            raise NotFound(f"no such {what}")
+        return records
+
+    def metadata(self, records: Sequence[InstanceRecord]) -> list[Json]:
+        return self.index.instance_metadata(records)
+
+    # -- retrieve --------------------------------------------------------------------------------
+
+    def _data_key(self, record: InstanceRecord) -> bytes:
+        return self.keks.unwrap(record.wrapped_key, context=record.blob_key.encode())
+
+    def read(self, record: InstanceRecord) -> bytes:
+        """The original bytes of an instance, verified; ``IntegrityError`` if anything is off."""
+        ciphertext = self.blobs.get(record.blob_key)
+        plaintext = decrypt_object(ciphertext, self._data_key(record), object_id=record.blob_key.encode())
+        if len(plaintext) != record.size or hashlib.sha256(plaintext).digest() != record.sha256:
+            raise IntegrityError(
+                f"instance {record.sop_uid} failed its integrity check and is not served",
+                hint="The stored object no longer matches what was ingested; restore it from backup.",
+            )
+        return plaintext
+
+    def read_frames(self, record: InstanceRecord, numbers: Sequence[int]) -> list[bytes]:
+        """Frames as stored (1-based numbers), decrypting only the segments that hold them."""
+        for n in numbers:
+            if n < 1 or n > len(record.frames):
+                raise NotFound(f"frame {n} does not exist (the instance has {len(record.frames)})")
+        data_key = self._data_key(record)
+        context = record.blob_key.encode()
+
+        def read(pos: int, length: int) -> bytes:
+            return self.blobs.read_range(record.blob_key, pos, length)
+
+        frames: list[bytes] = []
+        for n in numbers:
+            parts = [
+                decrypt_range(read, data_key, object_id=context, offset=offset, length=length)
+                for offset, length in record.frames[n - 1]
+            ]
+            frames.append(b"".join(parts))
+        return frames
+
+    # -- delete ----------------------------------------------------------------------------------
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
+        """Delete and crypto-shred: the wrapped data keys go with the index rows, then the objects."""
+        records = self.instances(study_uid, series_uid, sop_uid)
+        for blob_key in self.index.delete_instances(records):
+            self.blobs.delete(blob_key)
+        return len(records)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def key_status(self) -> KeyStatus:
+        return KeyStatus(
+            current_kek=self.keks.current_kek_id,
+            known_keks=self.keks.kek_ids(),
+            objects_per_kek=self.index.key_counts(),
+        )
+
+    def rewrap_all(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rewrap every data key under the current KEK without touching any object."""
+        total = 0
+        with self._rotation_lock:
+            current = self.keks.current_kek_id
+            for batch in self.index.iter_wrapped_keys(not_kek=current):
+                updates = []
+                for row_id, blob_key, wrapped in batch:
+                    context = blob_key.encode()
+                    data_key = self.keks.unwrap(wrapped, context=context)
+                    updates.append((row_id, self.keks.wrap(data_key, context=context), wrapped.kek_id))
+                total += self.index.replace_wrapped_keys(updates)
+                if progress is not None:
+                    progress(len(batch))
+        return total

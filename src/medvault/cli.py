@@ -1,0 +1,414 @@
+"""The ``medvault`` command line (typer). Every command has --help; long work shows progress.
+
+Errors derived from ``MedvaultError`` print their diagnostics (what went wrong, what to do) and
+exit 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import secrets
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from medvault import __version__
+from medvault.access.policy import ROLES
+from medvault.archive import Archive, StoreOutcome
+from medvault.errors import ConfigError, MedvaultError
+from medvault.home import OpenHome, init_home, open_home
+
+app = typer.Typer(
+    name="medvault",
+    help="A secure archive for medical images: DICOMweb over HTTPS, everything encrypted at rest.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Key-encryption keys: status and online rotation.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="API keys for scripts, viewers and services.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(apikeys_app, name="apikeys")
+
+out = Console()
+err = Console(stderr=True)
+
+HomeOption = Annotated[
+    Path,
+    typer.Option("--home", envvar="MEDVAULT_HOME", help="The home folder (config, sealed keyring, data)."),
+]
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help="Read the keyring passphrase from this file (else MEDVAULT_PASSPHRASE, else a prompt).",
+    ),
+]
+
+
+def get_passphrase(passphrase_file: Path | None, *, confirm: bool = False) -> str:
+    """The keyring passphrase from the environment, a file, or a prompt (in that order)."""
+    value = os.environ.get("MEDVAULT_PASSPHRASE")
+    if value:
+        return value
+    if passphrase_file is not None:
+        try:
+            return passphrase_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the passphrase file {passphrase_file}: {exc.strerror}") from None
+    if sys.stdin.isatty():
+        text: str = typer.prompt("Keyring passphrase", hide_input=True, confirmation_prompt=confirm)
+        return text
+    raise ConfigError(
+        "no passphrase given", hint="Set MEDVAULT_PASSPHRASE, pass --passphrase-file, or run in a terminal."
+    )
+
+
+def _open(home: Path, passphrase_file: Path | None) -> OpenHome:
+    return open_home(home, get_passphrase(passphrase_file))
+
+
+@app.command()
+def init(
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+    generate_passphrase: Annotated[
+        bool, typer.Option("--generate-passphrase", help="Make a random passphrase and print it once.")
+    ] = False,
+    hostname: Annotated[
+        list[str] | None, typer.Option("--hostname", help="Extra DNS name for the server certificate (repeatable).")
+    ] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="Extra IP address for the certificate (repeatable).")] = None,
+) -> None:
+    """Create a home folder: sealed keyring, own CA and HTTPS certificate, empty index, admin API key.
+
+    The admin API key is printed once, alone on the last line.
+    """
+    if generate_passphrase:
+        passphrase = secrets.token_urlsafe(24)
+        err.print(
+            "[bold]Generated keyring passphrase[/] (store it in a password safe; without it the home is unreadable):"
+        )
+        err.print(passphrase, highlight=False)
+    else:
+        passphrase = get_passphrase(passphrase_file, confirm=True)
+    key = init_home(home, passphrase, hostnames=hostname or (), ip_addresses=ip or ())
+    out.print(f"Created {home} (CA to trust: {home / 'tls' / 'ca.crt'}). Admin API key, shown once:")
+    print(key)
+
+
+def _setup_logging(home: OpenHome) -> None:
+    logs = home.root / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(logs / "access.log", maxBytes=50 * 1024**2, backupCount=5)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    for name in ("medvault.access", "medvault.errors"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def run_server(opened: OpenHome, *, host: str, port: int) -> None:
+    import uvicorn
+
+    from medvault.api.app import create_app
+
+    settings = opened.settings
+    _setup_logging(opened)
+    application = create_app(opened.archive, api_keys=opened.api_keys, server=settings.server)
+    if settings.server.plain_http:
+        err.print(
+            "[bold red]WARNING[/]: plain HTTP is on ([server] plain_http = true). Only run this behind a "
+            "TLS-terminating proxy on the same host."
+        )
+        config = uvicorn.Config(application, host=host, port=port, access_log=False, log_level="warning")
+    else:
+        context = opened.ssl_context()
+        config = uvicorn.Config(
+            application,
+            host=host,
+            port=port,
+            access_log=False,
+            log_level="warning",
+            ssl_context_factory=lambda _config, _default: context,
+        )
+    scheme = "http" if settings.server.plain_http else "https"
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb (CA: {opened.root / settings.tls.ca_certificate})")
+    uvicorn.Server(config).run()
+
+
+@app.command()
+def serve(
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default from medvault.toml).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from medvault.toml, 8443).")] = None,
+) -> None:
+    """Serve DICOMweb over HTTPS from a home folder."""
+    opened = _open(home, passphrase_file)
+    try:
+        run_server(opened, host=host or opened.settings.server.host, port=port or opened.settings.server.port)
+    finally:
+        opened.close()
+
+
+# -- import ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportSummary:
+    stored: int = 0
+    already_present: int = 0
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _files(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            yield path
+        else:
+            raise ConfigError(f"{path} does not exist")
+
+
+def import_files(
+    archive: Archive, files: list[Path], *, workers: int = 2, batch: int = 16, show_progress: bool = True
+) -> ImportSummary:
+    """Store files in parallel batches; idempotent (already stored files are counted, not redone)."""
+    summary = ImportSummary()
+    batches = [files[i : i + batch] for i in range(0, len(files), batch)]
+
+    def store(chunk: list[Path]) -> list[tuple[Path, StoreOutcome]]:
+        return list(zip(chunk, archive.store_batch([p.read_bytes() for p in chunk]), strict=True))
+
+    progress = Progress(
+        TextColumn("[bold]importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show_progress,
+    )
+    with progress, ThreadPoolExecutor(max_workers=workers) as pool:
+        task = progress.add_task("import", total=len(files))
+        for results in pool.map(store, batches):
+            for path, outcome in results:
+                if outcome.status == "stored":
+                    summary.stored += 1
+                elif outcome.status == "already_present":
+                    summary.already_present += 1
+                else:
+                    summary.refused.append((str(path), outcome.error.message if outcome.error else "refused"))
+            progress.advance(task, len(results))
+    return summary
+
+
+@app.command("import")
+def import_command(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+    workers: Annotated[int, typer.Option(min=1, max=32, help="Parallel workers.")] = 2,
+) -> None:
+    """Import DICOM files into the archive (encrypting each); safe to run again."""
+    opened = _open(home, passphrase_file)
+    try:
+        files = list(_files(paths))
+        summary = import_files(opened.archive, files, workers=workers)
+    finally:
+        opened.close()
+    table = Table(title="import summary")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    table.add_row("stored", str(summary.stored))
+    table.add_row("already present", str(summary.already_present))
+    table.add_row("refused", str(len(summary.refused)))
+    out.print(table)
+    for path, reason in summary.refused:
+        out.print(f"  refused {path}: {reason}", highlight=False)
+    if summary.refused:
+        raise typer.Exit(2)
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+@keys_app.command("status")
+def keys_status(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """Show the KEK versions and how many objects each one wraps."""
+    opened = _open(home, passphrase_file)
+    try:
+        status = opened.archive.key_status()
+    finally:
+        opened.close()
+    table = Table(title="key-encryption keys")
+    table.add_column("KEK")
+    table.add_column("current")
+    table.add_column("objects", justify="right")
+    for kek in status.known_keks:
+        table.add_row(kek, "yes" if kek == status.current_kek else "", str(status.objects_per_kek.get(kek, 0)))
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """Create a new KEK and rewrap every data key under it; objects are not rewritten.
+
+    Safe while `medvault serve` runs: the server picks up the new KEK from the keyring file.
+    """
+    opened = _open(home, passphrase_file)
+    try:
+        version = opened.keyring_file.rotate()
+        opened.archive.keks.refresh()  # type: ignore[attr-defined]
+        total_old = sum(n for kek, n in opened.archive.index.key_counts().items() if kek != opened.archive.keks.current_kek_id)
+        with Progress(
+            TextColumn("[bold]rewrapping"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+        ) as progress:
+            task = progress.add_task("rewrap", total=total_old)
+            done = opened.archive.rewrap_all(progress=lambda n: progress.advance(task, n))
+    finally:
+        opened.close()
+    out.print(f"New KEK local-{version} is current; {done} data keys rewrapped.")
+
+
+# -- API keys --------------------------------------------------------------------------------------
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key (letters, digits, - and _).")],
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")] = "viewer",
+    expires: Annotated[int | None, typer.Option(min=1, help="Days until the key expires.")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Create an API key; it is printed once, alone on the last line."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}", hint=f"Choose one of: {', '.join(ROLES)}.")
+    opened = _open(home, passphrase_file)
+    try:
+        key = opened.api_keys.create(name, role=role, expires_days=expires)
+    finally:
+        opened.close()
+    out.print(f"API key {name!r} (role {role}); send it as 'Authorization: Bearer <key>':")
+    print(key)
+
+
+@apikeys_app.command("list")
+def apikeys_list(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """List API keys (never the keys themselves)."""
+    opened = _open(home, passphrase_file)
+    try:
+        keys = opened.api_keys.list()
+    finally:
+        opened.close()
+    table = Table(title="API keys")
+    for column in ("name", "role", "created", "expires", "revoked"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(
+            k.name,
+            k.role,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never",
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "",
+        )
+    out.print(table)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Revoke an API key at once (a running server refuses it on the next request)."""
+    opened = _open(home, passphrase_file)
+    try:
+        opened.api_keys.revoke(name)
+    finally:
+        opened.close()
+    out.print(f"API key {name!r} revoked.")
+
+
+# -- quickstart ------------------------------------------------------------------------------------
+
+
+@app.command()
+def quickstart(
+    home: Annotated[Path, typer.Option("--home", help="Demo home folder.")] = Path("medvault-demo"),
+    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")] = True,
+) -> None:
+    """Try medvault on this machine: create a demo home (if needed), load a sample CT study,
+    print how to query it, and serve it on https://127.0.0.1:PORT.
+
+    The demo keeps its generated passphrase in HOME.passphrase beside the home folder (mode 0600)
+    so it can be run again; a real deployment uses `medvault init` and keeps the passphrase elsewhere.
+    """
+    from medvault.sample import generate_study
+
+    passphrase_path = home.with_name(home.name + ".passphrase")
+    if not (home / "keyring.sealed").exists():
+        passphrase = secrets.token_urlsafe(24)
+        fd = os.open(passphrase_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(passphrase + "\n")
+        init_home(home, passphrase)
+        err.print(f"Created demo home {home}; its passphrase is in {passphrase_path} (demo only).")
+    passphrase = passphrase_path.read_text(encoding="utf-8").strip()
+    opened = open_home(home, passphrase)
+    try:
+        sample_dir = home / "sample-input"
+        if not sample_dir.exists():
+            sample_dir.mkdir(mode=0o700)
+            generate_study(sample_dir, seed=7, series=1, instances=8, rows=256, cols=256,
+                           patient_name="DEMO^PATIENT", patient_id="DEMO-0001")
+        files = sorted(sample_dir.glob("**/*.dcm"))
+        summary = import_files(opened.archive, files, show_progress=False)
+        for f in files:
+            f.unlink()
+        key_name = f"quickstart-{secrets.token_hex(3)}"
+        key = opened.api_keys.create(key_name, role="admin", expires_days=1)
+        ca = (home / "tls" / "ca.crt").resolve()
+        url = f"https://127.0.0.1:{port}/dicomweb"
+        out.print(f"Sample study: {summary.stored} stored, {summary.already_present} already present.")
+        out.print(f"DICOMweb URL : {url}")
+        out.print(f"CA to trust  : {ca}")
+        out.print(f"API key      : {key}  (admin, expires in 1 day)")
+        out.print("Try:", style="bold")
+        print(f"  curl --cacert {ca} -H 'Authorization: Bearer {key}' '{url}/studies?PatientID=DEMO-0001'")
+        if serve_after:
+            run_server(opened, host="127.0.0.1", port=port)
+    finally:
+        opened.close()
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except MedvaultError as exc:
+        err.print(f"[bold red]error[/]: {exc.diagnostics()}", highlight=False)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

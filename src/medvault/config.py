@@ -1,0 +1,144 @@
+"""Typed settings read from ``medvault.toml`` in the home folder.
+
+Defaults are the safe ones: HTTPS on loopback, TLS 1.2+ with the archive's own certificate,
+fsync on every object write. Unknown keys are an error (a typo must not silently fall back to a
+default), and plain HTTP needs an explicit ``plain_http = true`` for a TLS-terminating proxy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medvault.errors import ConfigError
+
+CONFIG_FILE = "medvault.toml"
+DEFAULT_PORT = 8443
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    plain_http: bool = False
+    max_instance_bytes: int = 2 * 1024**3
+    max_request_bytes: int = 4 * 1024**3
+    cors_origins: tuple[str, ...] = ()
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    certificate: str = "tls/server.crt"
+    private_key: str = "tls/server.key"
+    ca_certificate: str = "tls/ca.crt"
+    # A site-supplied key may be unencrypted or protected by a password in this environment variable.
+    # The key written by ``medvault init`` is encrypted with a secret held in the sealed keyring.
+    private_key_password_env: str = ""
+    own_ca: bool = True
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    objects: str = "objects"
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    database: str = "index.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "tls": TlsSettings,
+    "storage": StorageSettings,
+    "index": IndexSettings,
+}
+
+
+def _build(section: str, cls: type[Any], raw: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting [{section}] {key}", hint=f"Known settings: {', '.join(sorted(known))}."
+            )
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{section}] {key} must be a list of strings")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} must be true or false")
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"[{section}] {key} must be a non-negative integer")
+        elif not isinstance(value, str):
+            raise ConfigError(f"[{section}] {key} must be a string")
+        values[key] = value
+    return cls(**values)
+
+
+def load_settings(home: Path) -> Settings:
+    path = home / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} does not exist", hint="Run `medvault init --home HOME` first, or check --home / MEDVAULT_HOME."
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    parts: dict[str, Any] = {}
+    for section, value in raw.items():
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(f"unknown section [{section}] in {path}", hint=f"Known: {', '.join(_SECTIONS)}.")
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] in {path} must be a table")
+        parts[section] = _build(section, cls, value)
+    settings = Settings(**parts)
+    if settings.server.port == 0 or settings.server.port > 65535:
+        raise ConfigError("[server] port must be between 1 and 65535")
+    return settings
+
+
+DEFAULT_CONFIG_TEXT = """\
+# medvault configuration. Paths are relative to this home folder.
+
+[server]
+host = "127.0.0.1"          # loopback only; set "0.0.0.0" to serve the network
+port = 8443
+plain_http = false          # true ONLY behind a TLS-terminating proxy on the same host
+max_instance_bytes = 2147483648
+max_request_bytes = 4294967296
+cors_origins = []           # e.g. ["https://viewer.example.org"] for an OHIF viewer
+public_url = ""             # base URL clients use, if not https://host:port
+
+[tls]
+certificate = "tls/server.crt"
+private_key = "tls/server.key"
+ca_certificate = "tls/ca.crt"
+own_ca = true               # false when certificate/private_key come from the site's PKI
+private_key_password_env = ""
+
+[storage]
+objects = "objects"
+fsync = true
+
+[index]
+database = "index.db"
+"""

@@ -1,0 +1,120 @@
+"""The one error root of medvault, and the one table mapping errors to protocol statuses.
+
+Every error a user can cause or meet derives from :class:`MedvaultError`. The CLI catches only
+this root and prints :meth:`MedvaultError.diagnostics`; the web layer maps it to an HTTP status and
+the DICOM FailureReason (PS3.18 / PS3.4 status codes) named on the class. Messages never carry PHI:
+they name attributes, UIDs and sizes, never patient values.
+
+    MedvaultError
+    ├── InvalidInput            400  0xC000  bad request / cannot understand
+    │   ├── NotDicom            400  0xC000
+    │   ├── MissingAttribute    400  0xA900  (data set does not match SOP class)
+    │   ├── StudyMismatch       409  0xA900  (instance belongs to another study)
+    │   └── UnsupportedMedia    415  0xC000
+    ├── TooLarge                413  0xA700  (out of resources)
+    ├── Conflict                409  0x0111  (duplicate SOP instance with different content)
+    ├── NotFound                404
+    ├── NotAcceptable           406  (no representation the client accepts)
+    ├── Unauthenticated         401
+    ├── Forbidden               403
+    ├── IntegrityError          500  0x0110  (stored bytes failed verification; never served)
+    ├── KeyringError            —    the keyring cannot be opened
+    │   └── WrongPassphrase
+    ├── ConfigError             —    the home folder or config is not usable
+    └── StorageError            500  0x0110
+"""
+
+from __future__ import annotations
+
+
+class MedvaultError(Exception):
+    """Root of every medvault error. ``str(e)`` is safe to show and log: it never holds PHI."""
+
+    http_status: int = 500
+    failure_reason: int = 0x0110  # DICOM "Processing failure"
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """A text for a person: what went wrong and, when known, what to do about it."""
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+class InvalidInput(MedvaultError):
+    http_status = 400
+    failure_reason = 0xC000  # Error: cannot understand
+
+
+class NotDicom(InvalidInput):
+    pass
+
+
+class MissingAttribute(InvalidInput):
+    failure_reason = 0xA900  # Error: data set does not match SOP class
+
+
+class StudyMismatch(InvalidInput):
+    http_status = 409
+    failure_reason = 0xA900
+
+
+class UnsupportedMedia(InvalidInput):
+    http_status = 415
+
+
+class TooLarge(MedvaultError):
+    http_status = 413
+    failure_reason = 0xA700  # Refused: out of resources
+
+
+class Conflict(MedvaultError):
+    http_status = 409
+    failure_reason = 0x0111  # Duplicate SOP Instance
+
+
+class NotFound(MedvaultError):
+    http_status = 404
+
+
+class NotAcceptable(MedvaultError):
+    http_status = 406
+
+
+class Unauthenticated(MedvaultError):
+    http_status = 401
+
+
+class Forbidden(MedvaultError):
+    http_status = 403
+
+
+class IntegrityError(MedvaultError):
+    """Stored bytes failed authentication or their recorded SHA-256: they are never served."""
+
+    http_status = 500
+    failure_reason = 0x0110
+
+
+class KeyringError(MedvaultError):
+    pass
+
+
+class WrongPassphrase(KeyringError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the passphrase does not open this keyring",
+            hint="Check MEDVAULT_PASSPHRASE (or the passphrase file) for this home folder.",
+        )
+
+
+class ConfigError(MedvaultError):
+    pass
+
+
+class StorageError(MedvaultError):
+    pass

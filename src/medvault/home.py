@@ -1,0 +1,134 @@
+"""The home folder: create it (``init``) and open it into a working archive.
+
+Layout (paths relative to the home; all written 0600/0700)::
+
+    medvault.toml       settings
+    keyring.sealed      the keyring, sealed by the passphrase (scrypt + AES-256-GCM)
+    tls/ca.crt          the archive's own CA (clients trust this file)
+    tls/ca.key          its key, encrypted with the keyring's TLS secret
+    tls/server.crt/.key the HTTPS certificate and its encrypted key
+    index.db            the SQLite index (PHI encrypted; -wal/-shm beside it)
+    objects/            encrypted objects
+    logs/               access log (no query strings, no PHI)
+
+Without the passphrase the folder reveals no PHI, no pixels and no private key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medvault.archive import Archive
+from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, load_settings
+from medvault.crypto.fields import BlindIndex, FieldCipher
+from medvault.crypto.kek import KeyringKekProvider
+from medvault.crypto.keyring import DEFAULT_SCRYPT, Keyring, KeyringFile, ScryptParams, save_keyring
+from medvault.crypto.tls import (
+    create_ca,
+    default_hostnames,
+    encrypt_private_key,
+    issue_server_certificate,
+    server_ssl_context,
+)
+from medvault.errors import ConfigError
+from medvault.index.apikeys import ApiKeyStore
+from medvault.index.store import Index
+from medvault.storage.filesystem import FilesystemBlobStore
+
+KEYRING_FILE = "keyring.sealed"
+ADMIN_KEY_NAME = "admin"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def init_home(
+    root: Path,
+    passphrase: str,
+    *,
+    hostnames: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    scrypt: ScryptParams = DEFAULT_SCRYPT,
+) -> str:
+    """Create a home folder: config, sealed keyring, CA + server certificate, empty index.
+
+    Returns the first admin API key (shown once; only its hash is stored).
+    """
+    if (root / CONFIG_FILE).exists() or (root / KEYRING_FILE).exists():
+        raise ConfigError(f"{root} already holds a medvault home", hint="Choose another --home, or use it as it is.")
+    if len(passphrase) < 12:
+        raise ConfigError("the passphrase must be at least 12 characters")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root.chmod(0o700)
+    for sub in ("tls", "objects", "logs"):
+        (root / sub).mkdir(mode=0o700, exist_ok=True)
+    keyring = Keyring.generate()
+    save_keyring(root / KEYRING_FILE, keyring, passphrase, params=scrypt)
+
+    default_names, default_ips = default_hostnames()
+    names = list(dict.fromkeys([*default_names, *hostnames]))
+    ips = list(dict.fromkeys([*default_ips, *ip_addresses]))
+    ca_cert, ca_key = create_ca("medvault local CA")
+    cert, key = issue_server_certificate(ca_cert, ca_key, hostnames=names, ip_addresses=ips)
+    (root / "tls" / "ca.crt").write_bytes(ca_cert)
+    _write_private(root / "tls" / "ca.key", encrypt_private_key(ca_key, keyring.tls_secret))
+    (root / "tls" / "server.crt").write_bytes(cert)
+    _write_private(root / "tls" / "server.key", encrypt_private_key(key, keyring.tls_secret))
+    (root / CONFIG_FILE).write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+
+    opened = open_home(root, passphrase)
+    try:
+        return opened.api_keys.create(ADMIN_KEY_NAME, role="admin")
+    finally:
+        opened.close()
+
+
+@dataclass
+class OpenHome:
+    """A home folder opened with its passphrase: the archive and what serves it."""
+
+    root: Path
+    settings: Settings
+    keyring_file: KeyringFile
+    archive: Archive
+    api_keys: ApiKeyStore
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def ssl_context(self):  # type: ignore[no-untyped-def]
+        tls = self.settings.tls
+        if self.settings.tls.own_ca:
+            password: bytes | None = self.keyring_file.keyring.tls_secret
+        elif tls.private_key_password_env:
+            value = os.environ.get(tls.private_key_password_env)
+            if value is None:
+                raise ConfigError(f"environment variable {tls.private_key_password_env} is not set")
+            password = value.encode()
+        else:
+            password = None
+        return server_ssl_context(self.path(tls.certificate), self.path(tls.private_key), key_password=password)
+
+    def close(self) -> None:
+        self.archive.index.close()
+
+
+def open_home(root: Path, passphrase: str) -> OpenHome:
+    settings = load_settings(root)
+    keyring_file = KeyringFile.open(root / KEYRING_FILE, passphrase)
+    keyring = keyring_file.keyring
+    index = Index.open_sqlite(
+        root / settings.index.database,
+        cipher=FieldCipher(keyring.index_key),
+        blind=BlindIndex(keyring.blind_index_key),
+    )
+    blobs = FilesystemBlobStore(root / settings.storage.objects, fsync=settings.storage.fsync)
+    keks = KeyringKekProvider(keyring, reload=keyring_file.reload)
+    archive = Archive(index=index, blobs=blobs, keks=keks, max_instance_bytes=settings.server.max_instance_bytes)
+    return OpenHome(root, settings, keyring_file, archive, ApiKeyStore(index.engine))

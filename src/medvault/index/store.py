@@ -1,0 +1,579 @@
+"""The SQL index: one class that stores and finds instance records, keeping PHI encrypted.
+
+Callers hand over plaintext DICOM JSON documents; this module encrypts them (bound to their row
+by the encryption context) and derives blind-index tokens for the exact-match fields. A query is
+answered in two steps: SQL narrows the candidates on clear columns and tokens, then the decrypted
+documents are matched exactly (PS3.4 C.2.2.2) in Python. Tokens are only a prefilter, so a token
+collision can never produce a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from pydicom.datadict import dictionary_VR
+
+from medvault.crypto.fields import BlindIndex, FieldCipher
+from medvault.crypto.kek import WrappedKey
+from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
+from medvault.errors import Conflict
+from medvault.index import schema as t
+
+Level = Literal["study", "series", "instance"]
+Json = dict[str, Any]
+
+TAG_STUDY_UID = "0020000D"
+TAG_SERIES_UID = "0020000E"
+TAG_SOP_UID = "00080018"
+TAG_SOP_CLASS = "00080016"
+TAG_MODALITY = "00080060"
+TAG_MODALITIES_IN_STUDY = "00080061"
+TAG_STUDY_DATE = "00080020"
+_SCAN_BATCH = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewInstance:
+    """Everything the index records for one stored instance (documents still in clear)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    instance_number: int | None
+    modality: str | None
+    series_number: int | None
+    study_year: int | None
+    number_of_frames: int
+    frames: list[list[tuple[int, int]]]
+    blob_key: str
+    size: int
+    sha256: bytes
+    study_doc: Json
+    series_doc: Json
+    instance_doc: Json
+    metadata: Json
+    wrapped_key: WrappedKey
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceRecord:
+    id: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    instance_number: int | None
+    number_of_frames: int
+    frames: list[list[tuple[int, int]]]
+    blob_key: str
+    size: int
+    sha256: bytes
+    wrapped_key: WrappedKey
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One query match: the merged attributes of its level and the levels above it."""
+
+    study_id: int
+    series_id: int | None
+    instance_id: int | None
+    attributes: Json
+
+
+@dataclass(frozen=True)
+class StudyCounts:
+    series: int
+    instances: int
+    modalities: list[str]
+
+
+def _first_text(element: Json | None) -> str | None:
+    if not element:
+        return None
+    values = element.get("Value")
+    if not values:
+        return None
+    first = values[0]
+    if isinstance(first, dict):
+        text = first.get("Alphabetic")
+        return text if isinstance(text, str) else None
+    return str(first)
+
+
+class Index:
+    """The metadata index over a SQLAlchemy engine (SQLite by default; PostgreSQL-portable SQL)."""
+
+    def __init__(self, engine: Engine, *, cipher: FieldCipher, blind: BlindIndex) -> None:
+        self.engine = engine
+        self._cipher = cipher
+        self._blind = blind
+        self._write_lock = threading.Lock()
+
+    @classmethod
+    def open_sqlite(cls, path: Path, *, cipher: FieldCipher, blind: BlindIndex) -> Index:
+        """Open (creating if needed) a SQLite index in WAL mode with secure delete on.
+
+        ``secure_delete`` overwrites freed pages, so a deleted wrapped data key does not linger in
+        the database file after crypto-shredding.
+        """
+        engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")
+            cur.execute("PRAGMA temp_store=MEMORY")
+            cur.close()
+
+        index = cls(engine, cipher=cipher, blind=blind)
+        index.create_schema()
+        path.chmod(0o600)
+        return index
+
+    def create_schema(self) -> None:
+        t.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- encryption helpers ----------------------------------------------------------------------
+
+    def _seal(self, doc: Json, context: str) -> bytes:
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._cipher.encrypt(raw, context=context.encode())
+
+    def _open(self, blob: bytes, context: str) -> Json:
+        doc: Json = json.loads(self._cipher.decrypt(blob, context=context.encode()))
+        return doc
+
+    def _token(self, tag: str, value: str) -> bytes:
+        return self._blind.token(tag, normalize_for_exact(dictionary_VR(int(tag, 16)), value))
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def add_instances(self, items: Sequence[NewInstance]) -> None:
+        """Record instances in one transaction (all or none). ``Conflict`` on a duplicate SOP UID."""
+        if not items:
+            return
+        now = datetime.now(UTC)
+        with self._write_lock, self.engine.begin() as conn:
+            study_ids: dict[str, int] = {}
+            series_ids: dict[str, int] = {}
+            for item in items:
+                study_id = study_ids.get(item.study_uid)
+                if study_id is None:
+                    study_id = conn.execute(
+                        select(t.studies.c.id).where(t.studies.c.study_uid == item.study_uid)
+                    ).scalar()
+                    if study_id is None:
+                        tokens = {}
+                        for tag, column in t.STUDY_TOKEN_FIELDS.items():
+                            text = _first_text(item.study_doc.get(tag))
+                            tokens[column] = self._token(tag, text) if text else None
+                        study_id = conn.execute(
+                            insert(t.studies).values(
+                                study_uid=item.study_uid,
+                                study_year=item.study_year,
+                                doc=self._seal(item.study_doc, "study/" + item.study_uid),
+                                created_at=now,
+                                **tokens,
+                            )
+                        ).inserted_primary_key[0]  # type: ignore[index]
+                    study_ids[item.study_uid] = int(study_id)
+                series_id = series_ids.get(item.series_uid)
+                if series_id is None:
+                    row = conn.execute(
+                        select(t.series.c.id, t.series.c.study_id).where(
+                            t.series.c.series_uid == item.series_uid
+                        )
+                    ).first()
+                    if row is None:
+                        series_id = conn.execute(
+                            insert(t.series).values(
+                                series_uid=item.series_uid,
+                                study_id=study_id,
+                                modality=item.modality,
+                                series_number=item.series_number,
+                                doc=self._seal(item.series_doc, "series/" + item.series_uid),
+                            )
+                        ).inserted_primary_key[0]  # type: ignore[index]
+                    elif row.study_id != study_id:
+                        raise Conflict(f"series {item.series_uid} already belongs to another study")
+                    else:
+                        series_id = row.id
+                    series_ids[item.series_uid] = int(series_id)
+                try:
+                    conn.execute(
+                        insert(t.instances).values(
+                            sop_uid=item.sop_uid,
+                            series_id=series_id,
+                            study_id=study_id,
+                            sop_class_uid=item.sop_class_uid,
+                            instance_number=item.instance_number,
+                            transfer_syntax=item.transfer_syntax,
+                            number_of_frames=item.number_of_frames,
+                            frames=json.dumps(item.frames, separators=(",", ":")).encode(),
+                            blob_key=item.blob_key,
+                            size=item.size,
+                            sha256=item.sha256,
+                            doc=self._seal(item.instance_doc, "instance/" + item.sop_uid),
+                            metadata=self._seal(item.metadata, "metadata/" + item.sop_uid),
+                            kek_id=item.wrapped_key.kek_id,
+                            wrapped_key=item.wrapped_key.blob,
+                            stored_at=now,
+                        )
+                    )
+                except SqlIntegrityError:
+                    raise Conflict(f"SOP instance {item.sop_uid} is already stored") from None
+
+    def delete_instances(self, records: Iterable[InstanceRecord]) -> list[str]:
+        """Delete instance rows (and with them their wrapped data keys); drop emptied series/studies.
+
+        Returns the blob keys to remove from storage. After the commit the WAL is checkpointed and
+        truncated so the destroyed keys leave the -wal file too.
+        """
+        ids = [r.id for r in records]
+        blob_keys = [r.blob_key for r in records]
+        if not ids:
+            return []
+        with self._write_lock:
+            with self.engine.begin() as conn:
+                for start in range(0, len(ids), _SCAN_BATCH):
+                    chunk = ids[start : start + _SCAN_BATCH]
+                    conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk)))
+                conn.execute(
+                    delete(t.series).where(~exists().where(t.instances.c.series_id == t.series.c.id))
+                )
+                conn.execute(
+                    delete(t.studies).where(~exists().where(t.series.c.study_id == t.studies.c.id))
+                )
+            self.checkpoint()
+        return blob_keys
+
+    def checkpoint(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- instance lookups ------------------------------------------------------------------------
+
+    def _instance_query(self) -> Any:
+        return select(
+            t.instances,
+            t.series.c.series_uid,
+            t.studies.c.study_uid,
+        ).select_from(
+            t.instances.join(t.series, t.instances.c.series_id == t.series.c.id).join(
+                t.studies, t.instances.c.study_id == t.studies.c.id
+            )
+        )
+
+    @staticmethod
+    def _record(row: Any) -> InstanceRecord:
+        return InstanceRecord(
+            id=row.id,
+            study_uid=row.study_uid,
+            series_uid=row.series_uid,
+            sop_uid=row.sop_uid,
+            sop_class_uid=row.sop_class_uid,
+            transfer_syntax=row.transfer_syntax,
+            instance_number=row.instance_number,
+            number_of_frames=row.number_of_frames,
+            frames=[[(int(o), int(n)) for o, n in frame] for frame in json.loads(row.frames)],
+            blob_key=row.blob_key,
+            size=row.size,
+            sha256=bytes(row.sha256),
+            wrapped_key=WrappedKey(kek_id=row.kek_id, blob=bytes(row.wrapped_key)),
+        )
+
+    def get_instance(self, sop_uid: str) -> InstanceRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(self._instance_query().where(t.instances.c.sop_uid == sop_uid)).first()
+        return self._record(row) if row else None
+
+    def find_instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[InstanceRecord]:
+        """Instances under a study / series / single instance, in series then instance order."""
+        query = self._instance_query().where(t.studies.c.study_uid == study_uid)
+        if series_uid is not None:
+            query = query.where(t.series.c.series_uid == series_uid)
+        if sop_uid is not None:
+            query = query.where(t.instances.c.sop_uid == sop_uid)
+        query = query.order_by(t.series.c.id, t.instances.c.instance_number, t.instances.c.id)
+        with self.engine.connect() as conn:
+            return [self._record(row) for row in conn.execute(query)]
+
+    def instance_metadata(self, records: Sequence[InstanceRecord]) -> list[Json]:
+        """The full DICOM JSON (without bulk data) of each record, decrypted."""
+        if not records:
+            return []
+        ids = [r.id for r in records]
+        found: dict[int, Json] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _SCAN_BATCH):
+                chunk = ids[start : start + _SCAN_BATCH]
+                for row in conn.execute(
+                    select(t.instances.c.id, t.instances.c.sop_uid, t.instances.c.metadata).where(
+                        t.instances.c.id.in_(chunk)
+                    )
+                ):
+                    found[row.id] = self._open(row.metadata, "metadata/" + row.sop_uid)
+        return [found[i] for i in ids if i in found]
+
+    # -- queries (QIDO-RS / C-FIND) ------------------------------------------------------------------
+
+    def search(
+        self,
+        level: Level,
+        criteria: Sequence[Criterion],
+        *,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Hit]:
+        """Matches at ``level`` in insertion order, after ``offset``, at most ``limit``."""
+        studies, series, insts = t.studies, t.series, t.instances
+        conds: list[ColumnElement[bool]] = []
+        if study_uid is not None:
+            conds.append(studies.c.study_uid == study_uid)
+        if series_uid is not None:
+            conds.append(series.c.series_uid == series_uid)
+        python_checks: list[Criterion] = []
+        for crit in criteria:
+            cond = self._sql_prefilter(level, crit)
+            if cond is not None:
+                conds.append(cond)
+            if crit.kind is not MatchKind.UNIVERSAL:
+                python_checks.append(crit)
+
+        if level == "study":
+            query = select(studies.c.id.label("study_id"), studies.c.study_uid, studies.c.doc)
+            order = studies.c.id
+        elif level == "series":
+            query = select(
+                studies.c.id.label("study_id"),
+                studies.c.study_uid,
+                studies.c.doc,
+                series.c.id.label("series_id"),
+                series.c.series_uid,
+                series.c.doc.label("series_doc"),
+            ).select_from(series.join(studies, series.c.study_id == studies.c.id))
+            order = series.c.id
+        else:
+            query = select(
+                studies.c.id.label("study_id"),
+                studies.c.study_uid,
+                studies.c.doc,
+                series.c.id.label("series_id"),
+                series.c.series_uid,
+                series.c.doc.label("series_doc"),
+                insts.c.id.label("instance_id"),
+                insts.c.sop_uid,
+                insts.c.doc.label("instance_doc"),
+            ).select_from(
+                insts.join(series, insts.c.series_id == series.c.id).join(
+                    studies, insts.c.study_id == studies.c.id
+                )
+            )
+            order = insts.c.id
+        if conds:
+            query = query.where(and_(*conds))
+        query = query.order_by(order)
+
+        needs_modalities = any(c.tag == TAG_MODALITIES_IN_STUDY for c in python_checks)
+        hits: list[Hit] = []
+        skipped = 0
+        study_cache: dict[int, Json] = {}
+        series_cache: dict[int, Json] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=_SCAN_BATCH).execute(query):
+                attrs = study_cache.get(row.study_id)
+                if attrs is None:
+                    attrs = self._open(row.doc, "study/" + row.study_uid)
+                    if needs_modalities:
+                        mods = self.study_counts([row.study_id], conn=conn)[row.study_id].modalities
+                        attrs[TAG_MODALITIES_IN_STUDY] = {"vr": "CS", "Value": mods} if mods else {"vr": "CS"}
+                    study_cache[row.study_id] = attrs
+                attrs = dict(attrs)
+                if level in ("series", "instance"):
+                    series_attrs = series_cache.get(row.series_id)
+                    if series_attrs is None:
+                        series_attrs = self._open(row.series_doc, "series/" + row.series_uid)
+                        series_cache[row.series_id] = series_attrs
+                    attrs.update(series_attrs)
+                if level == "instance":
+                    attrs.update(self._open(row.instance_doc, "instance/" + row.sop_uid))
+                if not all(c.matches(attrs.get(c.tag)) for c in python_checks):
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                hits.append(
+                    Hit(
+                        study_id=row.study_id,
+                        series_id=getattr(row, "series_id", None),
+                        instance_id=getattr(row, "instance_id", None),
+                        attributes=attrs,
+                    )
+                )
+                if limit is not None and len(hits) >= limit:
+                    break
+        return hits
+
+    def _sql_prefilter(self, level: Level, crit: Criterion) -> ColumnElement[bool] | None:
+        """A SQL condition that keeps every true match (it may keep more), or None."""
+        studies, series, insts = t.studies, t.series, t.instances
+        uid_columns = {TAG_STUDY_UID: studies.c.study_uid}
+        if level in ("series", "instance"):
+            uid_columns[TAG_SERIES_UID] = series.c.series_uid
+            uid_columns[TAG_MODALITY] = series.c.modality
+        if level == "instance":
+            uid_columns[TAG_SOP_UID] = insts.c.sop_uid
+            uid_columns[TAG_SOP_CLASS] = insts.c.sop_class_uid
+        column = uid_columns.get(crit.tag)
+        if column is not None:
+            if crit.kind is MatchKind.SINGLE:
+                return column == crit.value
+            if crit.kind is MatchKind.UID_LIST:
+                return column.in_(crit.uids)
+            return None
+        token_column = t.STUDY_TOKEN_FIELDS.get(crit.tag)
+        if token_column is not None and crit.kind is MatchKind.SINGLE and crit.exact_value is not None:
+            return studies.c[token_column] == self._blind.token(crit.tag, crit.exact_value)
+        if crit.tag == TAG_STUDY_DATE:
+            return self._year_prefilter(crit)
+        if crit.tag == TAG_MODALITIES_IN_STUDY and crit.kind is MatchKind.SINGLE:
+            return exists().where(and_(series.c.study_id == studies.c.id, series.c.modality == crit.value))
+        return None
+
+    @staticmethod
+    def _year_prefilter(crit: Criterion) -> ColumnElement[bool] | None:
+        year = t.studies.c.study_year
+
+        def _year(text: str | None) -> int | None:
+            return int(text[:4]) if text and len(text) >= 4 and text[:4].isdigit() else None
+
+        if crit.kind is MatchKind.SINGLE:
+            y = _year(crit.value)
+            return year == y if y is not None else None
+        if crit.kind is MatchKind.RANGE:
+            low, high = _year(crit.low), _year(crit.high)
+            conds = []
+            if low is not None:
+                conds.append(year >= low)
+            if high is not None:
+                conds.append(year <= high)
+            return and_(*conds) if conds else None
+        return None
+
+    def study_counts(self, study_ids: Sequence[int], *, conn: Any = None) -> dict[int, StudyCounts]:
+        """Series and instance counts and modalities of each study (QIDO computed attributes)."""
+        if not study_ids:
+            return {}
+        own = conn is None
+        conn = conn or self.engine.connect()
+        try:
+            series_rows = conn.execute(
+                select(t.series.c.study_id, t.series.c.modality).where(t.series.c.study_id.in_(study_ids))
+            ).all()
+            inst_rows = conn.execute(
+                select(t.instances.c.study_id, func.count())
+                .where(t.instances.c.study_id.in_(study_ids))
+                .group_by(t.instances.c.study_id)
+            ).all()
+        finally:
+            if own:
+                conn.close()
+        result = {sid: StudyCounts(series=0, instances=0, modalities=[]) for sid in study_ids}
+        mods: dict[int, set[str]] = {sid: set() for sid in study_ids}
+        nseries: dict[int, int] = dict.fromkeys(study_ids, 0)
+        for sid, modality in series_rows:
+            nseries[sid] += 1
+            if modality:
+                mods[sid].add(modality)
+        ninst = {sid: n for sid, n in inst_rows}
+        for sid in study_ids:
+            result[sid] = StudyCounts(series=nseries[sid], instances=ninst.get(sid, 0), modalities=sorted(mods[sid]))
+        return result
+
+    def series_instance_counts(self, series_ids: Sequence[int]) -> dict[int, int]:
+        if not series_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.instances.c.series_id, func.count())
+                .where(t.instances.c.series_id.in_(series_ids))
+                .group_by(t.instances.c.series_id)
+            ).all()
+        return {sid: n for sid, n in rows}
+
+    # -- key management --------------------------------------------------------------------------
+
+    def key_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.instances.c.kek_id, func.count()).group_by(t.instances.c.kek_id)).all()
+        return {kek: n for kek, n in rows}
+
+    def iter_wrapped_keys(self, *, not_kek: str) -> Iterator[list[tuple[int, str, WrappedKey]]]:
+        """Batches of (row id, blob key, wrapped key) still wrapped by a KEK other than ``not_kek``."""
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(t.instances.c.id, t.instances.c.blob_key, t.instances.c.kek_id, t.instances.c.wrapped_key)
+                    .where(and_(t.instances.c.kek_id != not_kek, t.instances.c.id > last_id))
+                    .order_by(t.instances.c.id)
+                    .limit(_SCAN_BATCH)
+                ).all()
+            if not rows:
+                return
+            last_id = rows[-1].id
+            yield [(r.id, r.blob_key, WrappedKey(kek_id=r.kek_id, blob=bytes(r.wrapped_key))) for r in rows]
+
+    def replace_wrapped_keys(self, updates: Sequence[tuple[int, WrappedKey, str]]) -> int:
+        """Swap wrapped keys in one transaction; each update applies only if the row still has the
+        KEK it was read with (a concurrent delete or rotation wins). Returns rows changed."""
+        changed = 0
+        with self._write_lock, self.engine.begin() as conn:
+            for row_id, wrapped, old_kek in updates:
+                result = conn.execute(
+                    update(t.instances)
+                    .where(and_(t.instances.c.id == row_id, t.instances.c.kek_id == old_kek))
+                    .values(kek_id=wrapped.kek_id, wrapped_key=wrapped.blob)
+                )
+                changed += result.rowcount
+        return changed
+
+    def count_instances(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t.instances)).scalar_one())

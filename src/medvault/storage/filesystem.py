@@ -1,0 +1,70 @@
+"""Objects in a local folder, fanned out by key prefix, written atomically (temp file + rename).
+
+Temp files live inside the objects folder and only ever hold ciphertext, so an interrupted write
+leaves no plaintext anywhere; leftover ``.tmp-*`` files are swept at start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from medvault.errors import NotFound, StorageError
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
+
+
+class FilesystemBlobStore:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in root.glob("*/.tmp-*"):
+            leftover.unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not _KEY_RE.match(key):
+            raise StorageError("invalid object key")
+        return self.root / key[:2] / key
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"could not write object: {exc.strerror}") from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound("object not found in storage") from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+        except FileNotFoundError:
+            raise NotFound("object not found in storage") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()

@@ -1,0 +1,41 @@
+"""In-memory twins of the ports, for tests that need no disk."""
+
+from __future__ import annotations
+
+import threading
+
+from medvault.errors import NotFound
+
+
+class MemoryBlobStore:
+    """A ``BlobStore`` in a dict; behaves like the folder store, including ``NotFound``."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._objects[key] = bytes(data)
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            try:
+                return self._objects[key]
+            except KeyError:
+                raise NotFound("object not found in storage") from None
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        return self.get(key)[offset : offset + length]
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return key in self._objects
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self._objects)
