@@ -696,6 +696,19 @@ def lookup(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
+def flagged(result: dict[str, Any], path: tuple[str, ...]) -> bool:
+    """True when the figure at ``path`` comes from failed or wrong requests (then it gets no ratio)."""
+    phase = result.get(path[0])
+    if not isinstance(phase, dict):
+        return False
+    if path[0] == "stow":
+        return bool(phase.get("failed"))
+    section = phase.get(path[1])
+    if not isinstance(section, dict):
+        return False
+    return bool(section.get("errors") or section.get("mismatches") or section.get("studies_wrong"))
+
+
 def fmt(v: float | None) -> str:
     if v is None or v != v:
         return "-"
@@ -715,7 +728,13 @@ def ratios(results: dict[str, dict[str, Any]], rows: list[Metric]) -> dict[str, 
             if not m.better:
                 continue
             a, b = lookup(results[first], m.path), lookup(results[other], m.path)
-            out_[key][".".join(m.path)] = round(a / b, 3) if a is not None and b else None
+            valid = (
+                a is not None
+                and b
+                and not flagged(results[first], m.path)
+                and not flagged(results[other], m.path)
+            )
+            out_[key][".".join(m.path)] = round(a / b, 3) if valid else None
     return out_
 
 
@@ -738,10 +757,11 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
             table.add_column(f"{names[0]}/{other}", justify="right")
         for m in phase_rows:
             vals = [lookup(results[n], m.path) for n in names]
-            cells = [fmt(v) for v in vals]
+            bad = [m.better != "" and flagged(results[n], m.path) for n in names]
+            cells = [fmt(v) + (" [red]![/]" if b else "") for v, b in zip(vals, bad, strict=True)]
             rcells = []
-            for v in vals[1:]:
-                if m.better and vals[0] is not None and v:
+            for v, b in zip(vals[1:], bad[1:], strict=True):
+                if m.better and vals[0] is not None and v and not bad[0] and not b:
                     r = vals[0] / v
                     good = (r >= 1) if m.better == "higher" else (r <= 1)
                     rcells.append(f"[{'green' if good else 'red'}]{r:.2f}x[/]")
@@ -892,6 +912,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     for p in problems:
         err.print(f"[red]PROBLEM[/] {p}")
+    if problems:
+        err.print("(figures marked ! come from failed or wrong requests and get no ratio)")
     return 1 if problems else 0
 
 
