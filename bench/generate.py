@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -30,8 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import StudyPlan, generate_study, plan_dataset, uid_from
+from medvault.sample import StudyPlan, generate_study, plan_dataset, uid_from
 
 MANIFEST = "manifest.json"
 

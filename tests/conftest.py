@@ -56,7 +56,9 @@ class Home:
             stdin=subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"medvault {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"medvault {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def set_config(self, section: str, key: str, value: str) -> None:

@@ -79,12 +79,16 @@ class Archive:
         blobs: BlobStore,
         keks: KekProvider,
         max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
+        refresh_keys: Callable[[], None] | None = None,
     ) -> None:
+        """``refresh_keys`` is called before each write batch so that a KEK rotated by another
+        process (``medvault keys rotate``) wraps new data keys at once; it must be cheap."""
         self.index = index
         self.blobs = blobs
         self.keks = keks
         self.max_instance_bytes = max_instance_bytes
         self._rotation_lock = threading.Lock()
+        self._refresh_keys = refresh_keys
 
     # -- store -----------------------------------------------------------------------------------
 
@@ -97,6 +101,8 @@ class Archive:
         Nothing is half-stored: an instance is either fully indexed (its ciphertext present) or
         its ciphertext is removed again.
         """
+        if self._refresh_keys is not None:
+            self._refresh_keys()
         outcomes: list[StoreOutcome | None] = [None] * len(items)
         prepared: list[tuple[int, _Prepared]] = []
         seen: dict[str, bytes] = {}
@@ -123,7 +129,10 @@ class Archive:
                 for _, p in prepared:
                     self.blobs.delete(p.entry.blob_key)
                 raise
-        return [o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed")) for o in outcomes]
+        return [
+            o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed"))
+            for o in outcomes
+        ]
 
     @staticmethod
     def _uids_of(exc: MedvaultError) -> dict[str, str | None]:
@@ -311,6 +320,8 @@ class Archive:
     def rewrap_all(self, progress: Callable[[int], None] | None = None) -> int:
         """Rewrap every data key under the current KEK without touching any object."""
         total = 0
+        if self._refresh_keys is not None:
+            self._refresh_keys()
         with self._rotation_lock:
             current = self.keks.current_kek_id
             for batch in self.index.iter_wrapped_keys(not_kek=current):

@@ -85,9 +85,12 @@ def init(
         bool, typer.Option("--generate-passphrase", help="Make a random passphrase and print it once.")
     ] = False,
     hostname: Annotated[
-        list[str] | None, typer.Option("--hostname", help="Extra DNS name for the server certificate (repeatable).")
+        list[str] | None,
+        typer.Option("--hostname", help="Extra DNS name for the server certificate (repeatable)."),
     ] = None,
-    ip: Annotated[list[str] | None, typer.Option("--ip", help="Extra IP address for the certificate (repeatable).")] = None,
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="Extra IP address for the certificate (repeatable).")
+    ] = None,
 ) -> None:
     """Create a home folder: sealed keyring, own CA and HTTPS certificate, empty index, admin API key.
 
@@ -96,7 +99,8 @@ def init(
     if generate_passphrase:
         passphrase = secrets.token_urlsafe(24)
         err.print(
-            "[bold]Generated keyring passphrase[/] (store it in a password safe; without it the home is unreadable):"
+            "[bold]Generated keyring passphrase[/] "
+            "(store it in a password safe; without it the home is unreadable):"
         )
         err.print(passphrase, highlight=False)
     else:
@@ -144,7 +148,10 @@ def run_server(opened: OpenHome, *, host: str, port: int) -> None:
         )
     scheme = "http" if settings.server.plain_http else "https"
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb (CA: {opened.root / settings.tls.ca_certificate})")
+    err.print(
+        f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb "
+        f"(CA: {opened.root / settings.tls.ca_certificate})"
+    )
     uvicorn.Server(config).run()
 
 
@@ -258,7 +265,9 @@ def keys_status(home: HomeOption = Path("medvault-home"), passphrase_file: Passp
     table.add_column("current")
     table.add_column("objects", justify="right")
     for kek in status.known_keks:
-        table.add_row(kek, "yes" if kek == status.current_kek else "", str(status.objects_per_kek.get(kek, 0)))
+        table.add_row(
+            kek, "yes" if kek == status.current_kek else "", str(status.objects_per_kek.get(kek, 0))
+        )
     out.print(table)
 
 
@@ -271,10 +280,14 @@ def keys_rotate(home: HomeOption = Path("medvault-home"), passphrase_file: Passp
     opened = _open(home, passphrase_file)
     try:
         version = opened.keyring_file.rotate()
-        opened.archive.keks.refresh()  # type: ignore[attr-defined]
-        total_old = sum(n for kek, n in opened.archive.index.key_counts().items() if kek != opened.archive.keks.current_kek_id)
+        current = f"local-{version}"
+        total_old = sum(n for kek, n in opened.archive.index.key_counts().items() if kek != current)
         with Progress(
-            TextColumn("[bold]rewrapping"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+            TextColumn("[bold]rewrapping"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
         ) as progress:
             task = progress.add_task("rewrap", total=total_old)
             done = opened.archive.rewrap_all(progress=lambda n: progress.advance(task, n))
@@ -350,7 +363,9 @@ def apikeys_revoke(
 def quickstart(
     home: Annotated[Path, typer.Option("--home", help="Demo home folder.")] = Path("medvault-demo"),
     port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
-    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")] = True,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")
+    ] = True,
 ) -> None:
     """Try medvault on this machine: create a demo home (if needed), load a sample CT study,
     print how to query it, and serve it on https://127.0.0.1:PORT.
@@ -374,8 +389,16 @@ def quickstart(
         sample_dir = home / "sample-input"
         if not sample_dir.exists():
             sample_dir.mkdir(mode=0o700)
-            generate_study(sample_dir, seed=7, series=1, instances=8, rows=256, cols=256,
-                           patient_name="DEMO^PATIENT", patient_id="DEMO-0001")
+            generate_study(
+                sample_dir,
+                seed=7,
+                series=1,
+                instances=8,
+                rows=256,
+                cols=256,
+                patient_name="DEMO^PATIENT",
+                patient_id="DEMO-0001",
+            )
         files = sorted(sample_dir.glob("**/*.dcm"))
         summary = import_files(opened.archive, files, show_progress=False)
         for f in files:

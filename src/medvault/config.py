@@ -98,7 +98,8 @@ def load_settings(home: Path) -> Settings:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"{path} does not exist", hint="Run `medvault init --home HOME` first, or check --home / MEDVAULT_HOME."
+            f"{path} does not exist",
+            hint="Run `medvault init --home HOME` first, or check --home / MEDVAULT_HOME.",
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
@@ -106,7 +107,9 @@ def load_settings(home: Path) -> Settings:
     for section, value in raw.items():
         cls = _SECTIONS.get(section)
         if cls is None:
-            raise ConfigError(f"unknown section [{section}] in {path}", hint=f"Known: {', '.join(_SECTIONS)}.")
+            raise ConfigError(
+                f"unknown section [{section}] in {path}", hint=f"Known: {', '.join(_SECTIONS)}."
+            )
         if not isinstance(value, dict):
             raise ConfigError(f"[{section}] in {path} must be a table")
         parts[section] = _build(section, cls, value)

@@ -17,6 +17,7 @@ Without the passphrase the folder reveals no PHI, no pixels and no private key.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,9 @@ def init_home(
     Returns the first admin API key (shown once; only its hash is stored).
     """
     if (root / CONFIG_FILE).exists() or (root / KEYRING_FILE).exists():
-        raise ConfigError(f"{root} already holds a medvault home", hint="Choose another --home, or use it as it is.")
+        raise ConfigError(
+            f"{root} already holds a medvault home", hint="Choose another --home, or use it as it is."
+        )
     if len(passphrase) < 12:
         raise ConfigError("the passphrase must be at least 12 characters")
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -102,7 +105,7 @@ class OpenHome:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
-    def ssl_context(self):  # type: ignore[no-untyped-def]
+    def ssl_context(self) -> ssl.SSLContext:
         tls = self.settings.tls
         if self.settings.tls.own_ca:
             password: bytes | None = self.keyring_file.keyring.tls_secret
@@ -113,10 +116,31 @@ class OpenHome:
             password = value.encode()
         else:
             password = None
-        return server_ssl_context(self.path(tls.certificate), self.path(tls.private_key), key_password=password)
+        return server_ssl_context(
+            self.path(tls.certificate), self.path(tls.private_key), key_password=password
+        )
 
     def close(self) -> None:
         self.archive.index.close()
+
+
+class _KeyringWatcher:
+    """Reloads the KEK provider when the keyring file changed (one stat() per write batch)."""
+
+    def __init__(self, path: Path, keks: KeyringKekProvider) -> None:
+        self._path = path
+        self._keks = keks
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple[int, int, int]:
+        st = self._path.stat()
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def __call__(self) -> None:
+        current = self._signature()
+        if current != self._seen:
+            self._keks.refresh()
+            self._seen = current
 
 
 def open_home(root: Path, passphrase: str) -> OpenHome:
@@ -130,5 +154,11 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
     )
     blobs = FilesystemBlobStore(root / settings.storage.objects, fsync=settings.storage.fsync)
     keks = KeyringKekProvider(keyring, reload=keyring_file.reload)
-    archive = Archive(index=index, blobs=blobs, keks=keks, max_instance_bytes=settings.server.max_instance_bytes)
+    archive = Archive(
+        index=index,
+        blobs=blobs,
+        keks=keks,
+        max_instance_bytes=settings.server.max_instance_bytes,
+        refresh_keys=_KeyringWatcher(root / KEYRING_FILE, keks),
+    )
     return OpenHome(root, settings, keyring_file, archive, ApiKeyStore(index.engine))

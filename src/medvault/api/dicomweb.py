@@ -94,7 +94,9 @@ def _ref_item(o: StoreOutcome) -> Json:
 async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Response:
     content_type = request.headers.get("content-type")
     if not content_type:
-        raise UnsupportedMedia('Content-Type is required: multipart/related; type="application/dicom"; boundary=…')
+        raise UnsupportedMedia(
+            'Content-Type is required: multipart/related; type="application/dicom"; boundary=…'
+        )
     boundary = mp.boundary_of(content_type)
     parts = mp.parse_multipart(await _read_body(request), boundary)
     outcomes: list[StoreOutcome | None] = [None] * len(parts)
@@ -127,7 +129,9 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Re
             item = _ref_item(o)
             item["00081190"] = {
                 "vr": "UR",
-                "Value": [f"{root}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_instance_uid}"],
+                "Value": [
+                    f"{root}/studies/{o.study_uid}/series/{o.series_uid}/instances/{o.sop_instance_uid}"
+                ],
             }
             if o.status == "already_present":
                 item["00081196"] = {"vr": "US", "Value": [0xB000]}  # Warning: already present, unchanged
@@ -147,7 +151,11 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Re
     else:
         codes = {(o.error.http_status if o.error else 409) for o in final}
         status = codes.pop() if len(codes) == 1 else 409
-    headers = {"Warning": ", ".join(w.replace("\r", " ").replace("\n", " ") for w in warnings)} if warnings else None
+    headers = (
+        {"Warning": ", ".join(w.replace("\r", " ").replace("\n", " ") for w in warnings)}
+        if warnings
+        else None
+    )
     return json_response(payload, status, headers)
 
 
@@ -216,7 +224,9 @@ def _serve_bytes(archive: Archive, record: InstanceRecord, transfer_syntax: str)
     return transcode_to_explicit_little_endian(data)
 
 
-def _retrieve(request: Request, archive: Archive, study: str, series: str | None, sop: str | None) -> Response:
+def _retrieve(
+    request: Request, archive: Archive, study: str, series: str | None, sop: str | None
+) -> Response:
     choice = negotiate_dicom(request.headers.get("accept"), single_instance=sop is not None)
     records = archive.instances(study, series, sop)
     if choice.transfer_syntax not in (ANY_SYNTAX, EXPLICIT_VR_LE):
@@ -232,7 +242,12 @@ def _retrieve(request: Request, archive: Archive, study: str, series: str | None
     def parts() -> Iterator[bytes]:
         yield _part(boundary, first, choice.transfer_syntax, records[0])
         for record in records[1:]:
-            yield _part(boundary, _serve_bytes(archive, record, choice.transfer_syntax), choice.transfer_syntax, record)
+            yield _part(
+                boundary,
+                _serve_bytes(archive, record, choice.transfer_syntax),
+                choice.transfer_syntax,
+                record,
+            )
         yield mp.closing(boundary)
 
     return StreamingResponse(
@@ -278,7 +293,7 @@ def _absolute_bulk(obj: Any, instance_url: str) -> Any:
         out = {}
         for key, value in obj.items():
             if key == "BulkDataURI" and isinstance(value, str) and value.startswith(BULK_PREFIX):
-                out[key] = f"{instance_url}/bulkdata/{value[len(BULK_PREFIX):]}"
+                out[key] = f"{instance_url}/bulkdata/{value[len(BULK_PREFIX) :]}"
             else:
                 out[key] = _absolute_bulk(value, instance_url)
         return out
@@ -287,7 +302,9 @@ def _absolute_bulk(obj: Any, instance_url: str) -> Any:
     return obj
 
 
-def _metadata(request: Request, archive: Archive, study: str, series: str | None, sop: str | None) -> Response:
+def _metadata(
+    request: Request, archive: Archive, study: str, series: str | None, sop: str | None
+) -> Response:
     records = archive.instances(study, series, sop)
     root = base_url(request)
     out = []
@@ -373,7 +390,9 @@ def retrieve_bulkdata(
         raise NotFound("no such bulk data element")
     boundary = mp.new_boundary()
     body = mp.encode_multipart(boundary, [("application/octet-stream", value)])
-    return Response(body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+    return Response(
+        body, media_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}'
+    )
 
 
 def _parse_window(raw: str | None) -> tuple[float, float] | None:
@@ -465,14 +484,23 @@ def render_frame_route(
     return _render(request, archive, record, frame, window=window, viewport=viewport, quality=quality)
 
 
-def _thumbnail(request: Request, archive: Archive, records: Sequence[InstanceRecord], viewport: str | None) -> Response:
+def _thumbnail(
+    request: Request, archive: Archive, records: Sequence[InstanceRecord], viewport: str | None
+) -> Response:
     with_pixels = [r for r in records if r.frames]
     if not with_pixels:
         raise NotAcceptable("the instance has no pixel data to render")
     record = with_pixels[len(with_pixels) // 2]
     frame = (len(record.frames) + 1) // 2
     return _render(
-        request, archive, record, frame, window=None, viewport=viewport, quality=80, default_viewport=(128, 128)
+        request,
+        archive,
+        record,
+        frame,
+        window=None,
+        viewport=viewport,
+        quality=80,
+        default_viewport=(128, 128),
     )
 
 
@@ -492,7 +520,13 @@ def series_thumbnail(
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail")
 def instance_thumbnail(
-    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+    study: str,
+    series: str,
+    sop: str,
+    request: Request,
+    archive: ArchiveDep,
+    _: CanRead,
+    viewport: str | None = None,
 ) -> Response:
     return _thumbnail(request, archive, archive.instances(study, series, sop), viewport)
 

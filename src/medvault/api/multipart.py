@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from medvault.errors import InvalidInput, UnsupportedMedia
 
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 - an RFC 9110 token, not a secret
 _PARAM_RE = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})')
 _BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")
 
@@ -24,7 +24,9 @@ class MediaType:
     params: dict[str, str] = field(default_factory=dict)  # names lower case, values unquoted
 
     def __str__(self) -> str:
-        rendered = "".join(f'; {k}="{v}"' if not re.fullmatch(_TOKEN, v) else f"; {k}={v}" for k, v in self.params.items())
+        rendered = "".join(
+            f'; {k}="{v}"' if not re.fullmatch(_TOKEN, v) else f"; {k}={v}" for k, v in self.params.items()
+        )
         return self.type + rendered
 
 

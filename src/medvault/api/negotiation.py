@@ -66,7 +66,11 @@ def negotiate_frames(accept: str | None, stored_syntax: str) -> FrameChoice:
     stored_media = _FRAME_MEDIA.get(stored_syntax, "application/octet-stream")
     for media in _accepted(accept):
         if media.type in ("*/*", "multipart/*"):
-            return FrameChoice(True, stored_media) if stored_compressed else FrameChoice(False, "application/octet-stream")
+            return (
+                FrameChoice(True, stored_media)
+                if stored_compressed
+                else FrameChoice(False, "application/octet-stream")
+            )
         if media.type != "multipart/related":
             continue
         part_type = media.params.get("type", "application/octet-stream").lower()

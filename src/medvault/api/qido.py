@@ -71,7 +71,10 @@ def shape_results(
     wanted: set[str] = set(DEFAULT_RETURN_TAGS[level])
     wanted.update(c.tag for c in query.criteria)
     wanted.update(query.include_tags)
-    wanted.update(_LEVEL_UIDS[lvl] for lvl in ("study", "series", "instance")[: ("study", "series", "instance").index(level) + 1])
+    wanted.update(
+        _LEVEL_UIDS[lvl]
+        for lvl in ("study", "series", "instance")[: ("study", "series", "instance").index(level) + 1]
+    )
     study_counts = index.study_counts(sorted({h.study_id for h in hits})) if level == "study" else {}
     series_counts = (
         index.series_instance_counts(sorted({h.series_id for h in hits if h.series_id is not None}))
@@ -88,7 +91,9 @@ def shape_results(
             counts = study_counts[hit.study_id]
             result["00201206"] = {"vr": "IS", "Value": [counts.series]}
             result["00201208"] = {"vr": "IS", "Value": [counts.instances]}
-            result["00080061"] = {"vr": "CS", "Value": counts.modalities} if counts.modalities else {"vr": "CS"}
+            result["00080061"] = (
+                {"vr": "CS", "Value": counts.modalities} if counts.modalities else {"vr": "CS"}
+            )
         else:
             url += f"/series/{_uid(attrs, '0020000E')}"
             if level == "series" and hit.series_id is not None:

@@ -28,9 +28,9 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName

@@ -307,7 +307,9 @@ def parse_criterion(tag: str, vr: str, raw: str, *, fuzzy: bool = False) -> Crit
                 and high is not None
                 and _date_key(vr, low, high=False) > _date_key(vr, high, high=True)
             ):
-                raise InvalidInput(f"{vr} range for attribute {tag} has its lower bound after its upper bound")
+                raise InvalidInput(
+                    f"{vr} range for attribute {tag} has its lower bound after its upper bound"
+                )
             return Criterion(tag, vr, MatchKind.RANGE, value, low=low, high=high, fuzzy=fuzzy)
         _validate_date(vr, value, tag)
         if vr == "DA" and len(value) == 10:

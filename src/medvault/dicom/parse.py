@@ -22,6 +22,7 @@ Refusals (all carry no patient values):
 from __future__ import annotations
 
 import io
+import itertools
 import re
 import struct
 import warnings
@@ -56,7 +57,9 @@ _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _STRICT_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _REQUIRED = (
@@ -88,7 +91,11 @@ class FrameLocation:
 
 @dataclass(frozen=True)
 class ParsedInstance:
-    """One validated instance. ``dataset`` holds every element except the pixel data elements."""
+    """One validated instance.
+
+    ``dataset`` holds every element; the pixel data element is kept with an empty value (its VR
+    tells the byte layout of native big-endian frames). Frame bytes come from ``frames``.
+    """
 
     dataset: Dataset
     sop_class_uid: str
@@ -139,9 +146,7 @@ def parse_instance(
             "send it uncompressed or with a compressed pixel data transfer syntax"
         )
     ds = _read_dataset(data)
-    walker = _Walker(
-        data, little=ts != EXPLICIT_VR_BIG_ENDIAN, implicit=_looks_implicit(data, meta.end, ts)
-    )
+    walker = _Walker(data, little=ts != EXPLICIT_VR_BIG_ENDIAN, implicit=_looks_implicit(data, meta.end, ts))
     top = walker.walk_dataset(meta.end, len(data))
     if ds.file_meta.get("TransferSyntaxUID") != ts:
         raise InvalidInput("file meta TransferSyntaxUID (0002,0010) could not be read consistently")
@@ -159,10 +164,13 @@ def parse_instance(
         if pixel.length == _UNDEFINED:
             frames = _encapsulated_frames(walker, pixel, number_of_frames, ds)
         else:
-            frames = _native_frames(pixel, number_of_frames, ds)
+            frames = _native_frames(pixel, number_of_frames, ds, big_endian=not walker.little)
     for tag in PIXEL_DATA_TAGS:
         if tag in ds:
+            # Keep the element, empty, so its VR (OB/OW: byte order in big endian) stays known.
+            vr = _element_vr(ds, tag)
             del ds[tag]
+            ds.add_new(tag, vr, b"")
     return ParsedInstance(
         dataset=ds,
         sop_class_uid=uids["SOPClassUID"],
@@ -218,7 +226,13 @@ class _Walker:
             raise InvalidInput(f"truncated at offset {min(end, len(self.data))}{where}")
 
     def walk_dataset(
-        self, pos: int, end: int, *, implicit: bool | None = None, little: bool | None = None, nested: bool = False
+        self,
+        pos: int,
+        end: int,
+        *,
+        implicit: bool | None = None,
+        little: bool | None = None,
+        nested: bool = False,
     ) -> list[_Element]:
         """Elements from ``pos`` to ``end`` (or to an item delimiter when ``nested``)."""
         implicit = self.implicit if implicit is None else implicit
@@ -333,6 +347,15 @@ def _next_element_end(data: bytes, pos: int) -> int:
     return int(pos + 8 + length)
 
 
+def _element_vr(ds: Dataset, tag: int) -> str:
+    item = ds.get_item(tag)
+    vr = getattr(item, "VR", None)
+    if not vr or " or " in str(vr):
+        bits = ds.get("BitsAllocated")
+        return "OW" if isinstance(bits, int) and bits > 8 else "OB"
+    return str(vr)
+
+
 def _looks_implicit(data: bytes, start: int, ts: str) -> bool:
     """Implicit VR? Like pydicom, believe the first element over the file meta: some writers put
     an implicit VR data set under an explicit transfer syntax, and pydicom reads it as such."""
@@ -381,7 +404,9 @@ def _check_meta(ds: Dataset, uids: dict[str, str]) -> None:
         if value is None or str(value).strip("\x00 ") == "":
             continue
         if str(value).strip("\x00 ") != uids[ds_kw]:
-            raise InvalidInput(f"file meta {meta_kw} {_tag_name(meta_tag)} disagrees with the data set {ds_kw}")
+            raise InvalidInput(
+                f"file meta {meta_kw} {_tag_name(meta_tag)} disagrees with the data set {ds_kw}"
+            )
 
 
 def _int_attr(ds: Dataset, keyword: str, default: int | None = None) -> int:
@@ -407,7 +432,9 @@ def _number_of_frames(ds: Dataset) -> int:
     return frames
 
 
-def _native_frames(pixel: _Element, frames: int, ds: Dataset) -> tuple[FrameLocation, ...]:
+def _native_frames(
+    pixel: _Element, frames: int, ds: Dataset, *, big_endian: bool = False
+) -> tuple[FrameLocation, ...]:
     rows = _int_attr(ds, "Rows")
     columns = _int_attr(ds, "Columns")
     samples = _int_attr(ds, "SamplesPerPixel", 1)
@@ -417,8 +444,11 @@ def _native_frames(pixel: _Element, frames: int, ds: Dataset) -> tuple[FrameLoca
     elif pixel.tag == 0x7FE00009:
         bits = 64
     if rows < 1 or columns < 1 or samples < 1 or bits < 1 or (bits != 1 and bits % 8):
-        raise InvalidInput("image pixel attributes (Rows, Columns, SamplesPerPixel, BitsAllocated) are invalid")
+        raise InvalidInput(
+            "image pixel attributes (Rows, Columns, SamplesPerPixel, BitsAllocated) are invalid"
+        )
     frame_bits = rows * columns * samples * bits
+    swapped_words = big_endian and pixel.vr == b"OW" and bits == 8
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     if photometric == "YBR_FULL_422":
         frame_bits = frame_bits * 2 // 3  # 2 samples' worth per pixel pair (PS3.3 C.7.6.3.1.2)
@@ -432,6 +462,10 @@ def _native_frames(pixel: _Element, frames: int, ds: Dataset) -> tuple[FrameLoca
         start_bit = i * frame_bits
         start = start_bit // 8
         stop = -(-(start_bit + frame_bits) // 8)
+        if swapped_words and stop % 2:
+            # Big-endian OW holding 8-bit samples: bytes are swapped in pairs, so a frame must
+            # cover whole words (exact only for single frames or even frame sizes; retired TS).
+            stop = min(stop + 1, pixel.length)
         out.append(FrameLocation(((pixel.value_offset + start, stop - start),)))
     return tuple(out)
 
@@ -441,7 +475,9 @@ _J2K_SOC = b"\xff\x4f\xff\x51"
 _JP2_SIG = b"\x00\x00\x00\x0cjP  "
 
 
-def _encapsulated_frames(walker: _Walker, pixel: _Element, frames: int, ds: Dataset) -> tuple[FrameLocation, ...]:
+def _encapsulated_frames(
+    walker: _Walker, pixel: _Element, frames: int, ds: Dataset
+) -> tuple[FrameLocation, ...]:
     items = walker.items(pixel.value_offset, len(walker.data), pixel.tag, implicit=False, little=True)
     items = items[:-1]  # the sequence delimiter
     if not items or any(item.length == _UNDEFINED for item in items):
@@ -464,7 +500,7 @@ def _encapsulated_frames(walker: _Walker, pixel: _Element, frames: int, ds: Data
         bounds = [*positions, len(fragments)]
         return tuple(
             FrameLocation(tuple((f.value_offset, f.length) for f in fragments[a:b]))
-            for a, b in zip(bounds, bounds[1:], strict=False)
+            for a, b in itertools.pairwise(bounds)
         )
 
     eot = _extended_offset_table(ds)
@@ -491,9 +527,7 @@ def _encapsulated_frames(walker: _Walker, pixel: _Element, frames: int, ds: Data
     ]
     if len(starts) == frames and starts[0] == 0:
         return by_starts(starts)
-    raise InvalidInput(
-        f"cannot locate {frames} frames in {len(fragments)} fragments without an offset table"
-    )
+    raise InvalidInput(f"cannot locate {frames} frames in {len(fragments)} fragments without an offset table")
 
 
 def _extended_offset_table(ds: Dataset) -> list[int] | None:

@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
+from pydicom.uid import UID
 
 from medvault.dicom.parse import NATIVE_TRANSFER_SYNTAXES
 from medvault.errors import InvalidInput, NotAcceptable
@@ -76,7 +77,7 @@ def _photometric(ds: Dataset) -> str:
 def _frame_dataset(meta: Dataset, frame_bytes: bytes, ts: str) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.TransferSyntaxUID = UID(ts)
     samples = _int(meta, "SamplesPerPixel", 1)
     bits = _int(meta, "BitsAllocated")
     stored = _int(meta, "BitsStored", bits)
@@ -92,8 +93,12 @@ def _frame_dataset(meta: Dataset, frame_bytes: bytes, ts: str) -> Dataset:
         ds.PlanarConfiguration = _int(meta, "PlanarConfiguration", 0)
     ds.NumberOfFrames = 1
     if ts in NATIVE_TRANSFER_SYNTAXES:
-        ds.PixelData = frame_bytes
-        ds["PixelData"].VR = "OW" if bits > 8 else "OB"
+        original = meta.get_item(0x7FE00010)
+        original_vr = str(getattr(original, "VR", "") or "")
+        vr = original_vr if original_vr in ("OB", "OW") else ("OW" if bits > 8 else "OB")
+        # OW words must be whole (a big-endian 8-bit frame of odd length is swapped in pairs).
+        ds.PixelData = frame_bytes + b"\x00" if vr == "OW" and len(frame_bytes) % 2 else frame_bytes
+        ds["PixelData"].VR = vr
     else:
         ds.PixelData = encapsulate([frame_bytes])
         ds["PixelData"].VR = "OB"
@@ -116,7 +121,8 @@ def decode_frame(metadata_ds: Dataset, frame_bytes: bytes, transfer_syntax_uid: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            arr, _ = decoder.as_array(ds, index=0, as_rgb=True)
+            options: dict[str, Any] = {"as_rgb": True}
+            arr, _ = decoder.as_array(ds, index=0, **options)
         except Exception as exc:  # backends raise many kinds; their text may quote bytes, not values
             raise NotAcceptable(
                 f"the frame could not be decoded from transfer syntax {transfer_syntax_uid} "
@@ -148,7 +154,7 @@ def _first_number(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
-        if isinstance(value, list | tuple) or hasattr(value, "__getitem__") and not isinstance(value, str):
+        if isinstance(value, list | tuple) or (hasattr(value, "__getitem__") and not isinstance(value, str)):
             return float(value[0])
         return float(value)
     except (TypeError, ValueError, IndexError):
@@ -169,7 +175,8 @@ def _functional(ds: Dataset, sequence: str, keyword: str) -> Any:
 def _modality(arr: np.ndarray[Any, Any], ds: Dataset) -> np.ndarray[Any, Any]:
     if ds.get("ModalityLUTSequence"):
         try:
-            return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            converted: np.ndarray[Any, Any] = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            return converted
         except Exception:  # noqa: S110 - a broken LUT falls back to the rescale below
             pass
     slope = _first_number(ds.get("RescaleSlope"))
@@ -210,7 +217,8 @@ def _to_8bit_color(arr: np.ndarray[Any, Any], bits_stored: int) -> np.ndarray[An
     top = float(arr.max()) if arr.size else 0.0
     depth = bits_stored if 2**bits_stored - 1 >= top else int(np.ceil(np.log2(top + 1)))
     scaled = arr.astype(np.float64) * (255.0 / max(2**depth - 1, 1))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    out: np.ndarray[Any, Any] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return out
 
 
 def _to_image(
@@ -234,7 +242,7 @@ def _to_image(
         return Image.fromarray(_to_8bit_color(rgb, lut_bits), mode="RGB")
     values = _modality(arr, metadata_ds)
     if window is not None:
-        center, width = window
+        width = window[1]
         if not width >= 1:
             raise InvalidInput("window width must be at least 1")
     else:

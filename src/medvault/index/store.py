@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydicom.datadict import dictionary_VR
 from sqlalchemy import (
     Engine,
     and_,
@@ -31,8 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.sql.elements import ColumnElement
-
-from pydicom.datadict import dictionary_VR
 
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
@@ -272,9 +271,7 @@ class Index:
                 conn.execute(
                     delete(t.series).where(~exists().where(t.instances.c.series_id == t.series.c.id))
                 )
-                conn.execute(
-                    delete(t.studies).where(~exists().where(t.series.c.study_id == t.studies.c.id))
-                )
+                conn.execute(delete(t.studies).where(~exists().where(t.series.c.study_id == t.studies.c.id)))
             self.checkpoint()
         return blob_keys
 
@@ -521,9 +518,11 @@ class Index:
             nseries[sid] += 1
             if modality:
                 mods[sid].add(modality)
-        ninst = {sid: n for sid, n in inst_rows}
+        ninst = dict(inst_rows)
         for sid in study_ids:
-            result[sid] = StudyCounts(series=nseries[sid], instances=ninst.get(sid, 0), modalities=sorted(mods[sid]))
+            result[sid] = StudyCounts(
+                series=nseries[sid], instances=ninst.get(sid, 0), modalities=sorted(mods[sid])
+            )
         return result
 
     def series_instance_counts(self, series_ids: Sequence[int]) -> dict[int, int]:
@@ -535,14 +534,16 @@ class Index:
                 .where(t.instances.c.series_id.in_(series_ids))
                 .group_by(t.instances.c.series_id)
             ).all()
-        return {sid: n for sid, n in rows}
+        return dict(rows)
 
     # -- key management --------------------------------------------------------------------------
 
     def key_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t.instances.c.kek_id, func.count()).group_by(t.instances.c.kek_id)).all()
-        return {kek: n for kek, n in rows}
+            rows = conn.execute(
+                select(t.instances.c.kek_id, func.count()).group_by(t.instances.c.kek_id)
+            ).all()
+        return dict(rows)
 
     def iter_wrapped_keys(self, *, not_kek: str) -> Iterator[list[tuple[int, str, WrappedKey]]]:
         """Batches of (row id, blob key, wrapped key) still wrapped by a KEK other than ``not_kek``."""
@@ -550,7 +551,12 @@ class Index:
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(t.instances.c.id, t.instances.c.blob_key, t.instances.c.kek_id, t.instances.c.wrapped_key)
+                    select(
+                        t.instances.c.id,
+                        t.instances.c.blob_key,
+                        t.instances.c.kek_id,
+                        t.instances.c.wrapped_key,
+                    )
                     .where(and_(t.instances.c.kek_id != not_kek, t.instances.c.id > last_id))
                     .order_by(t.instances.c.id)
                     .limit(_SCAN_BATCH)

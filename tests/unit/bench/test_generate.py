@@ -1,4 +1,4 @@
-"""The benchmark data-set generator (bench/dataset.py, bench/generate.py) writes valid, deterministic CT."""
+"""The synthetic CT generator (medvault.sample, bench/generate.py) writes valid, deterministic CT."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def _load(name: str, file: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def dataset() -> ModuleType:
-    return _load("medvault_bench_dataset", "dataset.py")
+    import medvault.sample
+
+    return medvault.sample
 
 
 def _study(ds_mod: ModuleType, out: Path, seed: int = 7) -> list[Path]:

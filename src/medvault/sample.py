@@ -1,8 +1,7 @@
 """Synthetic CT data set: deterministic, valid DICOM Part 10 CT Image Storage files.
 
-Dependency-light on purpose (pydicom + numpy, standard library otherwise) so that medvault's
-own CLI and tests can import it: ``bench/`` is not an installed package, add the folder to
-``sys.path`` (or load this file by path) and ``import dataset``.
+Used by ``medvault quickstart`` (the sample study), the tests and ``bench/generate.py``.
+Dependency-light on purpose: pydicom + numpy, standard library otherwise.
 
 Everything is derived from an integer seed:
 
