@@ -12,11 +12,14 @@ Refusals (all carry no patient values):
 
 - :class:`NotDicom`: no ``DICM`` prefix, no readable file meta, pydicom cannot read it.
 - :class:`InvalidInput`: truncated (``truncated at offset N in element (gggg,eeee)``), bad UID
-  syntax, file meta that disagrees with the data set, pixel data shorter than its frames need,
+  syntax, pixel data shorter than its frames need,
   frames that cannot be located; :class:`UnsupportedMedia` for the Deflated transfer syntax
   (frames cannot be located in deflated bytes).
 - :class:`MissingAttribute`: no SOPClassUID / SOPInstanceUID / StudyInstanceUID / SeriesInstanceUID.
 - :class:`TooLarge`: more than ``max_bytes``.
+
+File-meta SOP UIDs that disagree with the data set are tolerated (the data set decides) and
+reported in ``ParsedInstance.meta_disagreements``.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class ParsedInstance:
     number_of_frames: int
     frames: tuple[FrameLocation, ...]
     metadata: dict[str, Any]
+    meta_disagreements: tuple[str, ...] = ()  # file-meta UIDs that differ from the data set
 
 
 def is_valid_uid(uid: str, *, strict: bool = False) -> bool:
@@ -153,7 +157,7 @@ def parse_instance(
     uids: dict[str, str] = {}
     for keyword, tag in _REQUIRED:
         uids[keyword] = _required_uid(ds, keyword, tag)
-    _check_meta(ds, uids)
+    meta_disagreements = _meta_disagreements(ds, uids)
     metadata = dataset_to_json(ds, bulk_data_uri=bulk_data_uri)
 
     pixel = next((e for e in top if e.tag in PIXEL_DATA_TAGS), None)
@@ -181,6 +185,7 @@ def parse_instance(
         number_of_frames=number_of_frames,
         frames=frames,
         metadata=metadata,
+        meta_disagreements=meta_disagreements,
     )
 
 
@@ -394,19 +399,23 @@ def _required_uid(ds: Dataset, keyword: str, tag: int) -> str:
     return uid
 
 
-def _check_meta(ds: Dataset, uids: dict[str, str]) -> None:
+def _meta_disagreements(ds: Dataset, uids: dict[str, str]) -> tuple[str, ...]:
+    """File-meta UIDs that disagree with the data set (tolerated: the data set decides).
+
+    Writers that forget to update the file meta after editing a data set are common (pydicom's
+    own RT test files are such); Orthanc and dcm4chee accept them, and refusing them would
+    lose images. The bytes are kept exactly as sent; the data set's UIDs index them.
+    """
     meta = ds.file_meta
-    for meta_kw, meta_tag, ds_kw in (
-        ("MediaStorageSOPInstanceUID", 0x00020003, "SOPInstanceUID"),
-        ("MediaStorageSOPClassUID", 0x00020002, "SOPClassUID"),
+    found = []
+    for meta_kw, ds_kw in (
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
     ):
-        value = meta.get(meta_kw)
-        if value is None or str(value).strip("\x00 ") == "":
-            continue
-        if str(value).strip("\x00 ") != uids[ds_kw]:
-            raise InvalidInput(
-                f"file meta {meta_kw} {_tag_name(meta_tag)} disagrees with the data set {ds_kw}"
-            )
+        value = str(meta.get(meta_kw) or "").strip("\x00 ")
+        if value and value != uids[ds_kw]:
+            found.append(meta_kw)
+    return tuple(found)
 
 
 def _int_attr(ds: Dataset, keyword: str, default: int | None = None) -> int:

@@ -213,14 +213,18 @@ def test_invalid_uid_syntax(uid: str, build: Builder) -> None:
         parse_instance(data)
 
 
-def test_meta_instance_uid_must_agree(build: Builder, testfile: FileLoader) -> None:
+def test_meta_uid_disagreement_is_tolerated_and_the_data_set_decides(
+    build: Builder, testfile: FileLoader
+) -> None:
     data = to_bytes(build())
     uid = b"1.2.826.0.1.3680043.8.498.3"
     assert data.count(uid) == 2  # file meta first, then the data set
-    with pytest.raises(InvalidInput, match="MediaStorageSOPInstanceUID"):
-        parse_instance(data.replace(uid, uid[:-1] + b"9", 1))
-    with pytest.raises(InvalidInput, match="MediaStorageSOPInstanceUID"):
-        parse_instance(testfile("rtdose.dcm"))
+    parsed = parse_instance(data.replace(uid, uid[:-1] + b"9", 1))
+    assert parsed.sop_instance_uid == uid.decode()
+    assert parsed.meta_disagreements == ("MediaStorageSOPInstanceUID",)
+    assert parse_instance(data).meta_disagreements == ()
+    rtdose = parse_instance(testfile("rtdose.dcm"))
+    assert "MediaStorageSOPInstanceUID" in rtdose.meta_disagreements
 
 
 def test_too_large(build: Builder) -> None:
