@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +54,14 @@ class KeyStatus:
 class _Prepared:
     parsed: ParsedInstance
     entry: NewInstance
+    data_key: bytes = field(repr=False, default=b"")
+
+
+def _conflict_with_stored(uid: str) -> Conflict:
+    return Conflict(
+        f"SOP instance {uid} is already stored with different content; it was not overwritten",
+        hint="Give changed content a new SOPInstanceUID, or delete the stored instance first.",
+    )
 
 
 def _int_or_none(element: Json | None) -> int | None:
@@ -89,6 +98,11 @@ class Archive:
         self.max_instance_bytes = max_instance_bytes
         self._rotation_lock = threading.Lock()
         self._refresh_keys = refresh_keys
+        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medvault-writer")
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self.index.close()
 
     # -- store -----------------------------------------------------------------------------------
 
@@ -99,34 +113,72 @@ class Archive:
         """Store instances; each gets its own outcome. Successful ones are indexed in one commit.
 
         Nothing is half-stored: an instance is either fully indexed (its ciphertext present) or
-        its ciphertext is removed again.
+        its ciphertext is removed again. Encrypting and writing objects runs on a small thread
+        pool (AES, SHA-256 and fsync release the GIL) while the next instance is parsed.
         """
         if self._refresh_keys is not None:
             self._refresh_keys()
         outcomes: list[StoreOutcome | None] = [None] * len(items)
-        prepared: list[tuple[int, _Prepared]] = []
+        parsed_items: list[tuple[int, ParsedInstance, bytes]] = []
         seen: dict[str, bytes] = {}
         for pos, data in enumerate(items):
             try:
-                result = self._prepare(data, study_uid=study_uid, seen=seen)
+                parsed = self._parse(data)
             except MedvaultError as exc:
-                outcomes[pos] = StoreOutcome("failed", error=exc, **self._uids_of(exc))
+                outcomes[pos] = StoreOutcome("failed", error=exc)
                 continue
-            if isinstance(result, StoreOutcome):
-                outcomes[pos] = result
-            else:
-                prepared.append((pos, result))
-        if prepared:
+            if study_uid is not None and parsed.study_instance_uid != study_uid:
+                outcomes[pos] = self._failed(
+                    parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")
+                )
+                continue
+            digest = hashlib.sha256(data).digest()
+            uid = parsed.sop_instance_uid
+            earlier = seen.get(uid)
+            if earlier is not None:
+                outcomes[pos] = (
+                    self._stored(parsed, "already_present")
+                    if earlier == digest
+                    else self._failed(
+                        parsed, Conflict(f"SOP instance {uid} appears twice with different content")
+                    )
+                )
+                continue
+            seen[uid] = digest
+            parsed_items.append((pos, parsed, digest))
+
+        existing = self.index.stored_digests([p.sop_instance_uid for _, p, _ in parsed_items])
+        pending: list[tuple[int, _Prepared, Future[None]]] = []
+        for pos, parsed, digest in parsed_items:
+            known = existing.get(parsed.sop_instance_uid)
+            if known is not None:
+                outcomes[pos] = (
+                    self._stored(parsed, "already_present")
+                    if known == digest
+                    else self._failed(parsed, _conflict_with_stored(parsed.sop_instance_uid))
+                )
+                continue
+            prepared = self._prepare(items[pos], parsed, digest)
+            pending.append((pos, prepared, self._writer.submit(self._encrypt_and_put, items[pos], prepared)))
+
+        ready: list[tuple[int, _Prepared]] = []
+        for pos, prepared, future in pending:
             try:
-                self.index.add_instances([p.entry for _, p in prepared])
-                for pos, p in prepared:
+                future.result()
+                ready.append((pos, prepared))
+            except MedvaultError as exc:
+                outcomes[pos] = self._failed(prepared.parsed, exc)
+        if ready:
+            try:
+                self.index.add_instances([p.entry for _, p in ready])
+                for pos, p in ready:
                     outcomes[pos] = self._stored(p.parsed)
             except Conflict:
                 # A concurrent writer stored one of them first: index one by one to sort it out.
-                for pos, p in prepared:
+                for pos, p in ready:
                     outcomes[pos] = self._index_one(p)
             except BaseException:
-                for _, p in prepared:
+                for _, p in ready:
                     self.blobs.delete(p.entry.blob_key)
                 raise
         return [
@@ -134,10 +186,13 @@ class Archive:
             for o in outcomes
         ]
 
-    @staticmethod
-    def _uids_of(exc: MedvaultError) -> dict[str, str | None]:
-        uids = getattr(exc, "uids", None)
-        return dict(uids) if isinstance(uids, dict) else {}
+    def _parse(self, data: bytes) -> ParsedInstance:
+        if len(data) > self.max_instance_bytes:
+            raise TooLarge(
+                f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes} bytes",
+                hint="Raise server.max_instance_bytes in medvault.toml if such objects are expected.",
+            )
+        return parse_instance(data)
 
     @staticmethod
     def _stored(parsed: ParsedInstance, status: StoreStatus = "stored") -> StoreOutcome:
@@ -155,8 +210,8 @@ class Archive:
             return self._stored(p.parsed)
         except Conflict as exc:
             self.blobs.delete(p.entry.blob_key)
-            existing = self.index.get_instance(p.parsed.sop_instance_uid)
-            if existing is not None and existing.sha256 == p.entry.sha256:
+            known = self.index.stored_digests([p.parsed.sop_instance_uid]).get(p.parsed.sop_instance_uid)
+            if known == p.entry.sha256:
                 return self._stored(p.parsed, "already_present")
             return self._failed(p.parsed, exc)
 
@@ -170,51 +225,23 @@ class Archive:
             error=exc,
         )
 
-    def _prepare(
-        self, data: bytes, *, study_uid: str | None, seen: dict[str, bytes]
-    ) -> _Prepared | StoreOutcome:
-        if len(data) > self.max_instance_bytes:
-            raise TooLarge(
-                f"instance of {len(data)} bytes exceeds the limit of {self.max_instance_bytes} bytes",
-                hint="Raise server.max_instance_bytes in medvault.toml if such objects are expected.",
-            )
-        parsed = parse_instance(data)
-        if study_uid is not None and parsed.study_instance_uid != study_uid:
-            return self._failed(
-                parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")
-            )
-        digest = hashlib.sha256(data).digest()
-        uid = parsed.sop_instance_uid
-        duplicate_in_batch = seen.get(uid)
-        if duplicate_in_batch is not None:
-            if duplicate_in_batch == digest:
-                return self._stored(parsed, "already_present")
-            return self._failed(parsed, Conflict(f"SOP instance {uid} appears twice with different content"))
-        seen[uid] = digest
-        existing = self.index.get_instance(uid)
-        if existing is not None:
-            if existing.sha256 == digest:
-                return self._stored(parsed, "already_present")
-            return self._failed(
-                parsed,
-                Conflict(
-                    f"SOP instance {uid} is already stored with different content; it was not overwritten",
-                    hint="Give changed content a new SOPInstanceUID, or delete the stored instance first.",
-                ),
-            )
+    def _encrypt_and_put(self, data: bytes, prepared: _Prepared) -> None:
+        context = prepared.entry.blob_key.encode()
+        ciphertext = encrypt_object(data, prepared.data_key, object_id=context)
+        prepared.data_key = b""
+        self.blobs.put(prepared.entry.blob_key, ciphertext)
+
+    def _prepare(self, data: bytes, parsed: ParsedInstance, digest: bytes) -> _Prepared:
+        """A fresh data key, its wrapped form and the index entry (the object is written apart)."""
         blob_key = secrets.token_hex(16)
         data_key = new_data_key()
-        context = blob_key.encode()
-        ciphertext = encrypt_object(data, data_key, object_id=context)
-        wrapped = self.keks.wrap(data_key, context=context)
-        del data_key
-        self.blobs.put(blob_key, ciphertext)
+        wrapped = self.keks.wrap(data_key, context=blob_key.encode())
         meta = parsed.metadata
         study_date = _text_or_none(meta.get("00080020"))
         entry = NewInstance(
             study_uid=parsed.study_instance_uid,
             series_uid=parsed.series_instance_uid,
-            sop_uid=uid,
+            sop_uid=parsed.sop_instance_uid,
             sop_class_uid=parsed.sop_class_uid,
             transfer_syntax=parsed.transfer_syntax_uid,
             instance_number=_int_or_none(meta.get("00200013")),
@@ -232,7 +259,7 @@ class Archive:
             metadata=meta,
             wrapped_key=wrapped,
         )
-        return _Prepared(parsed=parsed, entry=entry)
+        return _Prepared(parsed=parsed, entry=entry, data_key=data_key)
 
     # -- find ------------------------------------------------------------------------------------
 

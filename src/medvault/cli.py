@@ -6,8 +6,6 @@ exit 1 — never a traceback.
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import os
 import secrets
 import sys
@@ -110,49 +108,23 @@ def init(
     print(key)
 
 
-def _setup_logging(home: OpenHome) -> None:
-    logs = home.root / "logs"
-    logs.mkdir(mode=0o700, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(logs / "access.log", maxBytes=50 * 1024**2, backupCount=5)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    for name in ("medvault.access", "medvault.errors"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
-def run_server(opened: OpenHome, *, host: str, port: int) -> None:
-    import uvicorn
-
-    from medvault.api.app import create_app
-
+def _announce(opened: OpenHome, host: str, port: int, workers: int) -> None:
     settings = opened.settings
-    _setup_logging(opened)
-    application = create_app(opened.archive, api_keys=opened.api_keys, server=settings.server)
     if settings.server.plain_http:
         err.print(
             "[bold red]WARNING[/]: plain HTTP is on ([server] plain_http = true). Only run this behind a "
             "TLS-terminating proxy on the same host."
         )
-        config = uvicorn.Config(application, host=host, port=port, access_log=False, log_level="warning")
-    else:
-        context = opened.ssl_context()
-        config = uvicorn.Config(
-            application,
-            host=host,
-            port=port,
-            access_log=False,
-            log_level="warning",
-            ssl_context_factory=lambda _config, _default: context,
-        )
     scheme = "http" if settings.server.plain_http else "https"
     shown = f"[{host}]" if ":" in host else host
     err.print(
-        f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb "
+        f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb with {workers} worker(s) "
         f"(CA: {opened.root / settings.tls.ca_certificate})"
     )
-    uvicorn.Server(config).run()
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 @app.command()
@@ -161,13 +133,22 @@ def serve(
     passphrase_file: PassphraseFile = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default from medvault.toml).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from medvault.toml, 8443).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Worker processes (default: [server] workers, else one per core)."),
+    ] = None,
 ) -> None:
     """Serve DICOMweb over HTTPS from a home folder."""
-    opened = _open(home, passphrase_file)
-    try:
-        run_server(opened, host=host or opened.settings.server.host, port=port or opened.settings.server.port)
-    finally:
-        opened.close()
+    from medvault.api.server import serve as serve_forever
+
+    passphrase = get_passphrase(passphrase_file)
+    opened = open_home(home, passphrase)
+    host = host or opened.settings.server.host
+    port = port or opened.settings.server.port
+    count = workers or opened.settings.server.workers or default_workers()
+    _announce(opened, host, port, count)
+    opened.close()
+    serve_forever(home, passphrase, host=host, port=port, workers=count)
 
 
 # -- import ----------------------------------------------------------------------------------------
@@ -413,10 +394,13 @@ def quickstart(
         out.print(f"API key      : {key}  (admin, expires in 1 day)")
         out.print("Try:", style="bold")
         print(f"  curl --cacert {ca} -H 'Authorization: Bearer {key}' '{url}/studies?PatientID=DEMO-0001'")
-        if serve_after:
-            run_server(opened, host="127.0.0.1", port=port)
     finally:
         opened.close()
+    if serve_after:
+        from medvault.api.server import serve as serve_forever
+
+        _announce(opened, "127.0.0.1", port, default_workers())
+        serve_forever(home, passphrase, host="127.0.0.1", port=port, workers=default_workers())
 
 
 @app.command()

@@ -27,6 +27,7 @@ class ServerSettings:
     max_request_bytes: int = 4 * 1024**3
     cors_origins: tuple[str, ...] = ()
     public_url: str = ""
+    workers: int = 0  # 0: one per CPU core (at most 8)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ max_instance_bytes = 2147483648
 max_request_bytes = 4294967296
 cors_origins = []           # e.g. ["https://viewer.example.org"] for an OHIF viewer
 public_url = ""             # base URL clients use, if not https://host:port
+workers = 0                 # server processes; 0 = one per CPU core (at most 8)
 
 [tls]
 certificate = "tls/server.crt"

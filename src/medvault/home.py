@@ -121,7 +121,7 @@ class OpenHome:
         )
 
     def close(self) -> None:
-        self.archive.index.close()
+        self.archive.close()
 
 
 class _KeyringWatcher:

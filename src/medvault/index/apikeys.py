@@ -35,6 +35,7 @@ def hash_key(key: str) -> bytes:
 class ApiKeyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = engine.execution_options(write=True)
 
     def create(self, name: str, *, role: str, expires_days: int | None = None) -> str:
         """Create a key and return it; this is the only time the key exists in clear."""
@@ -43,7 +44,7 @@ class ApiKeyStore:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         expires = now + timedelta(days=expires_days) if expires_days else None
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             if conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.name == name)).first():
                 raise Conflict(f"an API key named {name!r} already exists")
             conn.execute(
@@ -66,7 +67,7 @@ class ApiKeyStore:
         return info
 
     def revoke(self, name: str) -> None:
-        with self.engine.begin() as conn:
+        with self._writer.begin() as conn:
             result = conn.execute(
                 update(t.api_keys)
                 .where(t.api_keys.c.name == name, t.api_keys.c.revoked_at.is_(None))

@@ -132,6 +132,7 @@ class Index:
         self._cipher = cipher
         self._blind = blind
         self._write_lock = threading.Lock()
+        self._writer = engine.execution_options(write=True)
 
     @classmethod
     def open_sqlite(cls, path: Path, *, cipher: FieldCipher, blind: BlindIndex) -> Index:
@@ -144,6 +145,7 @@ class Index:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
@@ -152,13 +154,19 @@ class Index:
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # Writers take the write lock up front, so concurrent processes (server workers, an
+            # import, a key rotation) queue on busy_timeout instead of failing on lock upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
         index = cls(engine, cipher=cipher, blind=blind)
         index.create_schema()
         path.chmod(0o600)
         return index
 
     def create_schema(self) -> None:
-        t.metadata.create_all(self.engine)
+        t.metadata.create_all(self._writer)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -183,7 +191,7 @@ class Index:
         if not items:
             return
         now = datetime.now(UTC)
-        with self._write_lock, self.engine.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             study_ids: dict[str, int] = {}
             series_ids: dict[str, int] = {}
             for item in items:
@@ -264,7 +272,7 @@ class Index:
         if not ids:
             return []
         with self._write_lock:
-            with self.engine.begin() as conn:
+            with self._writer.begin() as conn:
                 for start in range(0, len(ids), _SCAN_BATCH):
                     chunk = ids[start : start + _SCAN_BATCH]
                     conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk)))
@@ -310,6 +318,20 @@ class Index:
             sha256=bytes(row.sha256),
             wrapped_key=WrappedKey(kek_id=row.kek_id, blob=bytes(row.wrapped_key)),
         )
+
+    def stored_digests(self, sop_uids: Sequence[str]) -> dict[str, bytes]:
+        """SHA-256 of each already stored SOP instance among ``sop_uids`` (one query per 500)."""
+        found: dict[str, bytes] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(sop_uids), _SCAN_BATCH):
+                chunk = list(sop_uids[start : start + _SCAN_BATCH])
+                for row in conn.execute(
+                    select(t.instances.c.sop_uid, t.instances.c.sha256).where(
+                        t.instances.c.sop_uid.in_(chunk)
+                    )
+                ):
+                    found[row.sop_uid] = bytes(row.sha256)
+        return found
 
     def get_instance(self, sop_uid: str) -> InstanceRecord | None:
         with self.engine.connect() as conn:
@@ -570,7 +592,7 @@ class Index:
         """Swap wrapped keys in one transaction; each update applies only if the row still has the
         KEK it was read with (a concurrent delete or rotation wins). Returns rows changed."""
         changed = 0
-        with self._write_lock, self.engine.begin() as conn:
+        with self._write_lock, self._writer.begin() as conn:
             for row_id, wrapped, old_kek in updates:
                 result = conn.execute(
                     update(t.instances)

@@ -1,0 +1,140 @@
+"""Running the HTTPS server: one process, or pre-forked workers sharing one listening socket.
+
+Python's GIL keeps one process on one core; ingest (parsing, hashing, encryption) is CPU work,
+so ``workers > 1`` forks that many processes after the passphrase and TLS files have been
+checked. Each worker opens the home itself (its own database connections and key material);
+the passphrase is handed over in process memory, never through the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from medvault.api.app import create_app
+from medvault.config import load_settings
+from medvault.crypto.keyring import KeyringFile
+from medvault.home import KEYRING_FILE, OpenHome, open_home
+
+log = logging.getLogger("medvault.server")
+
+
+def setup_logging(root: Path) -> None:
+    """Access and error logs go to HOME/logs/access.log: paths and statuses, never query strings."""
+    logs = root / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    handler = logging.handlers.WatchedFileHandler(logs / "access.log")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(name)s %(message)s"))
+    for name in ("medvault.access", "medvault.errors", "medvault.server"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.handlers = [handler]
+        logger.propagate = False
+
+
+def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
+    settings = opened.settings
+    application = create_app(opened.archive, api_keys=opened.api_keys, server=settings.server)
+    common = {"access_log": False, "log_level": "warning", "server_header": False, "timeout_keep_alive": 30}
+    if settings.server.plain_http:
+        return uvicorn.Config(application, **common)  # type: ignore[arg-type]
+    context = opened.ssl_context()
+    return uvicorn.Config(
+        application,
+        ssl_context_factory=lambda _config, _default: context,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
+    # every small response waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(root: Path, passphrase: str, sock: socket.socket) -> None:
+    setup_logging(root)
+    opened = open_home(root, passphrase)
+    try:
+        uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
+    finally:
+        opened.close()
+
+
+def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) -> None:
+    """Serve until SIGINT/SIGTERM. Checks the passphrase and TLS material before listening."""
+    settings = load_settings(root)
+    KeyringFile.open(root / KEYRING_FILE, passphrase)  # a wrong passphrase fails here, clearly
+    probe = open_home(root, passphrase)
+    try:
+        if not settings.server.plain_http:
+            probe.ssl_context()  # unreadable certificate or key: fail before forking
+    finally:
+        probe.close()
+    sock = _listen(host, port)
+    setup_logging(root)
+    if workers <= 1:
+        _worker(root, passphrase, sock)
+        return
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 0
+            try:
+                _worker(root, passphrase, sock)
+            except BaseException:  # the child must never return into the parent's code
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for _ in range(workers):
+        spawn()
+    log.info("serving with %d worker processes", workers)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        log.error("worker %d exited (status %d); starting another", pid, status)
+        if time.monotonic() - started < 5:
+            time.sleep(1)  # a worker that dies at once must not spin
+        spawn()
+    sock.close()
+    sys.stdout.flush()
