@@ -191,6 +191,29 @@ class Index:
         if not items:
             return
         now = datetime.now(UTC)
+        # Encrypt outside the write lock; the transaction only moves bytes.
+        sealed = {
+            item.sop_uid: {
+                "sop_uid": item.sop_uid,
+                "sop_class_uid": item.sop_class_uid,
+                "instance_number": item.instance_number,
+                "transfer_syntax": item.transfer_syntax,
+                "number_of_frames": item.number_of_frames,
+                "frames": json.dumps(item.frames, separators=(",", ":")).encode(),
+                "blob_key": item.blob_key,
+                "size": item.size,
+                "sha256": item.sha256,
+                "doc": self._seal(item.instance_doc, "instance/" + item.sop_uid),
+                "metadata": self._seal(item.metadata, "metadata/" + item.sop_uid),
+                "kek_id": item.wrapped_key.kek_id,
+                "wrapped_key": item.wrapped_key.blob,
+                "stored_at": now,
+            }
+            for item in items
+        }
+        if len(sealed) != len(items):
+            raise Conflict("the same SOP instance appears twice in one batch")
+        rows: list[dict[str, Any]] = []
         with self._write_lock, self._writer.begin() as conn:
             study_ids: dict[str, int] = {}
             series_ids: dict[str, int] = {}
@@ -237,29 +260,11 @@ class Index:
                     else:
                         series_id = row.id
                     series_ids[item.series_uid] = int(series_id)
-                try:
-                    conn.execute(
-                        insert(t.instances).values(
-                            sop_uid=item.sop_uid,
-                            series_id=series_id,
-                            study_id=study_id,
-                            sop_class_uid=item.sop_class_uid,
-                            instance_number=item.instance_number,
-                            transfer_syntax=item.transfer_syntax,
-                            number_of_frames=item.number_of_frames,
-                            frames=json.dumps(item.frames, separators=(",", ":")).encode(),
-                            blob_key=item.blob_key,
-                            size=item.size,
-                            sha256=item.sha256,
-                            doc=self._seal(item.instance_doc, "instance/" + item.sop_uid),
-                            metadata=self._seal(item.metadata, "metadata/" + item.sop_uid),
-                            kek_id=item.wrapped_key.kek_id,
-                            wrapped_key=item.wrapped_key.blob,
-                            stored_at=now,
-                        )
-                    )
-                except SqlIntegrityError:
-                    raise Conflict(f"SOP instance {item.sop_uid} is already stored") from None
+                rows.append({**sealed[item.sop_uid], "series_id": series_id, "study_id": study_id})
+            try:
+                conn.execute(insert(t.instances), rows)
+            except SqlIntegrityError:
+                raise Conflict("an SOP instance of this batch is already stored") from None
 
     def delete_instances(self, records: Iterable[InstanceRecord]) -> list[str]:
         """Delete instance rows (and with them their wrapped data keys); drop emptied series/studies.
