@@ -225,7 +225,7 @@ def import_command(
     table.add_row("refused", str(len(summary.refused)))
     out.print(table)
     for path, reason in summary.refused:
-        out.print(f"  refused {path}: {reason}", highlight=False)
+        out.print(f"  refused {path}: {reason}", highlight=False, soft_wrap=True)
     if summary.refused:
         raise typer.Exit(2)
 
@@ -413,7 +413,7 @@ def main() -> None:
     try:
         app()
     except MedvaultError as exc:
-        err.print(f"[bold red]error[/]: {exc.diagnostics()}", highlight=False)
+        err.print(f"[bold red]error[/]: {exc.diagnostics()}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

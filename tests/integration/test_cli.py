@@ -1,0 +1,137 @@
+"""The command line as an administrator uses it: init, import, apikeys, quickstart."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from medvault.sample import generate_study
+from tests.conftest import Home, free_port
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "medvault.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_init_prints_the_admin_key_last_and_locks_down_the_home(tmp_path: Path) -> None:
+    env = {**os.environ, "MEDVAULT_PASSPHRASE": "a long enough test passphrase"}
+    home = tmp_path / "h"
+    result = run("init", "--home", str(home), "--hostname", "pacs.example.org", env=env)
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"mvk_[A-Za-z0-9_-]{43}", key)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for secret in ("keyring.sealed", "tls/ca.key", "tls/server.key", "index.db"):
+        assert stat.S_IMODE((home / secret).stat().st_mode) == 0o600, secret
+    assert b"ENCRYPTED PRIVATE KEY" in (home / "tls/server.key").read_bytes()
+    assert key.encode() not in (home / "index.db").read_bytes()  # only its hash is kept
+    again = run("init", "--home", str(home), env=env)
+    assert again.returncode == 1 and "already holds a medvault home" in again.stderr
+
+
+def test_init_without_a_passphrase_says_what_to_do(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MEDVAULT_PASSPHRASE"}
+    result = run("init", "--home", str(tmp_path / "h"), env=env)
+    assert result.returncode == 1
+    assert "MEDVAULT_PASSPHRASE" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_import_is_idempotent_and_reports_refusals(home: Home, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    files = generate_study(
+        folder, seed=5, series=1, instances=4, rows=32, cols=32, patient_name="DOE^J", patient_id="P5"
+    )
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "cut.dcm").write_bytes(files[0].read_bytes()[:-100])
+    first = home.cli("import", str(folder), check=False)
+    assert first.returncode == 2  # some files were refused
+    assert re.search(r"stored\s*│\s*4", first.stdout)
+    assert re.search(r"refused\s*│\s*2", first.stdout)
+    assert "notes.txt: not a DICOM Part 10 file" in first.stdout
+    assert "cut.dcm: truncated" in first.stdout
+    second = home.cli("import", *map(str, files))
+    assert re.search(r"already present\s*│\s*4", second.stdout)
+    assert re.search(r"stored\s*│\s*0", second.stdout)
+
+
+def test_apikeys_lifecycle(home: Home) -> None:
+    created = home.cli("apikeys", "create", "ohif", "--role", "viewer", "--expires", "30")
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("mvk_")
+    listed = home.cli("apikeys", "list").stdout
+    assert "ohif" in listed and "viewer" in listed and key not in listed
+    assert home.cli("apikeys", "create", "ohif", check=False).returncode == 1
+    home.cli("apikeys", "revoke", "ohif")
+    assert home.cli("apikeys", "revoke", "ohif", check=False).returncode == 1
+    bad_role = home.cli("apikeys", "create", "x", "--role", "superuser", check=False)
+    assert bad_role.returncode == 1 and "unknown role" in bad_role.stderr
+
+
+def test_every_command_has_help() -> None:
+    commands = ["", "init", "serve", "import", "keys rotate", "keys status", "apikeys create", "apikeys list",
+                "apikeys revoke", "quickstart"]  # fmt: skip
+    for command in (c.split() for c in commands):
+        result = run(*command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout, command
+
+
+def test_quickstart_prints_a_query_that_works(tmp_path: Path) -> None:
+    """README command 1: a demo home, a sample study, and a ready-to-paste query against it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medvault.cli", "quickstart", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MEDVAULT_PASSPHRASE"},
+    )
+    try:
+        ca = tmp_path / "medvault-demo" / "tls" / "ca.crt"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                context = ssl.create_default_context(cafile=str(ca))
+                if (
+                    httpx.get(f"https://127.0.0.1:{port}/healthz", verify=context, timeout=1).status_code
+                    == 200
+                ):
+                    break
+            except (httpx.TransportError, OSError):
+                time.sleep(0.2)
+        assert process.stdout is not None
+        lines = []
+        while not any(line.strip().startswith("curl ") for line in lines):
+            lines.append(process.stdout.readline())
+        assert any("Sample study: 8 stored" in line for line in lines), lines
+        curl = next(line for line in lines if line.strip().startswith("curl "))
+        answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30, check=True)
+        assert '"DEMO-0001"' in answer.stdout and '"00201208":{"vr":"IS","Value":[8]}' in answer.stdout
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    assert (tmp_path / "medvault-demo.passphrase").stat().st_mode & 0o077 == 0
