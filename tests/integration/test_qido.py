@@ -106,7 +106,8 @@ class Archive:
 
 def multipart(files: list[bytes], boundary: str = "qido-boundary-7c1d") -> tuple[bytes, str]:
     body = b"".join(
-        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in files
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+        for f in files
     )
     body += b"--" + boundary.encode() + b"--\r\n"
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -265,7 +266,9 @@ def test_study_required_attributes(archive: Archive) -> None:
     assert "00081030" not in result
     assert "00101010" not in result
     # The RetrieveURL works.
-    response = archive.client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    response = archive.client.get(
+        url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    )
     assert response.status_code == 200
     assert response.content.count(b"Content-Type: application/dicom") == 3
 
@@ -278,7 +281,8 @@ def test_includefield_named_tag_and_all(archive: Archive) -> None:
     assert first(by_tag, "00081030") == "head"
     assert first(by_tag, "00101010") == "050Y"
     response = archive.client.get(
-        "/dicomweb/studies", params=[("PatientID", "PID-B"), ("includefield", "00081030"), ("includefield", "00101010")]
+        "/dicomweb/studies",
+        params=[("PatientID", "PID-B"), ("includefield", "00081030"), ("includefield", "00101010")],
     )
     (repeated,) = response.json()
     assert first(repeated, "00081030") == "head" and first(repeated, "00101010") == "050Y"
@@ -304,7 +308,9 @@ def test_paging_is_stable_without_duplicates(archive: Archive) -> None:
     # Paging applies after matching.
     matched = [first(r, "0020000D") for r in qido(archive, "/studies", PatientName="*oe*")]
     assert len(matched) == 4
-    assert [first(r, "0020000D") for r in qido(archive, "/studies", PatientName="*oe*", offset="1", limit="2")] == matched[1:3]
+    assert [
+        first(r, "0020000D") for r in qido(archive, "/studies", PatientName="*oe*", offset="1", limit="2")
+    ] == matched[1:3]
 
 
 def test_limit_zero_is_not_one_result(archive: Archive) -> None:
@@ -374,7 +380,7 @@ def test_series_search_by_study_attributes(archive: Archive) -> None:
 
 
 def test_series_search_by_modalities_in_study(archive: Archive) -> None:
-    """ModalitiesInStudy is a study attribute: at the series level every series of a matching study matches."""
+    """ModalitiesInStudy is a study attribute: every series of a matching study matches."""
     series = qido(archive, "/series", ModalitiesInStudy="SR")
     assert {first(r, "0020000E") for r in series} == set(archive.studies["A"].series_uids or [])
 
@@ -387,7 +393,10 @@ def test_study_series_nested(archive: Archive) -> None:
     assert counts == {spec.series_uids[0]: 2, spec.series_uids[1]: 1}  # type: ignore[index]
     assert {first(r, "00080060") for r in series} == {"CT", "SR"}
     for r in series:
-        assert first(r, "00081190") == f"{archive.server.dicomweb}/studies/{spec.study_uid}/series/{first(r, '0020000E')}"
+        assert (
+            first(r, "00081190")
+            == f"{archive.server.dicomweb}/studies/{spec.study_uid}/series/{first(r, '0020000E')}"
+        )
     only_sr = qido(archive, f"/studies/{spec.study_uid}/series", Modality="SR")
     assert [first(r, "0020000E") for r in only_sr] == [spec.series_uids[1]]  # type: ignore[index]
 
@@ -406,7 +415,10 @@ def test_instances_search(archive: Archive) -> None:
     assert first(hit, "0020000D") == spec.study_uid
     assert first(hit, "0020000E") == spec.series_uids[0]  # type: ignore[index]
     url = first(hit, "00081190")
-    assert url == f"{archive.server.dicomweb}/studies/{spec.study_uid}/series/{spec.series_uids[0]}/instances/{sop}"  # type: ignore[index]
+    assert (
+        url
+        == f"{archive.server.dicomweb}/studies/{spec.study_uid}/series/{spec.series_uids[0]}/instances/{sop}"
+    )  # type: ignore[index]
     assert archive.client.get(url, headers={"Accept": "application/dicom"}).status_code == 200
     by_patient = qido(archive, "/instances", PatientName="doe^john")
     assert {first(r, "00080018") for r in by_patient} == {u for sops in spec.sop_uids or [] for u in sops}

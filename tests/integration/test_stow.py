@@ -23,7 +23,6 @@ pytestmark = pytest.mark.integration
 Json = dict[str, Any]
 BOUNDARY = "stow-test-boundary-5e2a"
 DICOM_MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 REFERENCED = "00081199"
 FAILED = "00081198"
@@ -124,7 +123,8 @@ def assert_healthy_and_absent(client: httpx.Client, *datasets: Dataset, study_ab
         found = client.get("/dicomweb/instances", params={"SOPInstanceUID": ds.SOPInstanceUID})
         assert found.status_code == 200
         assert found.json() == []
-        url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        url = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
         assert client.get(url).status_code == 404
         assert client.get(url + "/metadata").status_code == 404
         if study_absent:
@@ -155,7 +155,9 @@ def test_store_several_files_with_dicomweb_client(server: Server, client: httpx.
     datasets = [dcmread(io.BytesIO(bundled(n))) for n in names]
     response = dicomweb_client(server).store_instances(datasets)
     referenced = response.ReferencedSOPSequence
-    assert [str(r.ReferencedSOPInstanceUID) for r in referenced] == [str(ds.SOPInstanceUID) for ds in datasets]
+    assert [str(r.ReferencedSOPInstanceUID) for r in referenced] == [
+        str(ds.SOPInstanceUID) for ds in datasets
+    ]
     assert "FailedSOPSequence" not in response
     for ds in datasets:
         found = client.get("/dicomweb/instances", params={"SOPInstanceUID": ds.SOPInstanceUID}).json()
@@ -242,7 +244,9 @@ def test_different_bytes_under_existing_uid_is_409(client: httpx.Client) -> None
     assert value(item, SOP_INSTANCE) == ds.SOPInstanceUID
     assert "Warning" in response.headers
     assert "CompressedSamples" not in response.headers["Warning"]  # no patient name in the warning
-    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
     assert retrieve_as_stored(client, url) == original
     found = client.get("/dicomweb/instances", params={"SOPInstanceUID": ds.SOPInstanceUID}).json()
     assert len(found) == 1
@@ -259,7 +263,9 @@ def test_conflicting_content_in_one_request(client: httpx.Client) -> None:
     payload = response.json()
     assert [value(i, SOP_INSTANCE) for i in seq(payload, REFERENCED)] == [ds.SOPInstanceUID]
     assert [i[FAILURE_REASON]["Value"] for i in seq(payload, FAILED)] == [[0x0111]]
-    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
     assert retrieve_as_stored(client, url) == first_bytes
 
 
@@ -462,7 +468,9 @@ def test_chunked_body_over_max_request_bytes_is_413(small_server: Server) -> Non
             yield body[start : start + 4096]
 
     with small_server.client() as client:
-        response = client.post("/dicomweb/studies", content=chunks(), headers={"Content-Type": DICOM_MULTIPART})
+        response = client.post(
+            "/dicomweb/studies", content=chunks(), headers={"Content-Type": DICOM_MULTIPART}
+        )
         assert "content-length" not in response.request.headers
         assert response.status_code == 413, response.text[:300]
         assert_healthy_and_absent(client, instances[0][1], instances[-1][1])

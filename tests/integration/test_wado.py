@@ -30,7 +30,14 @@ DEFAULT_DICOM = 'multipart/related; type="application/dicom"'
 FRAMES_AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 FRAMES_UNCOMPRESSED = 'multipart/related; type="application/octet-stream"'
 
-FILES = ["CT_small.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm", "JPEG-lossy.dcm", "MR_small_jp2klossless.dcm", "test-SR.dcm"]
+FILES = [
+    "CT_small.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "JPEG2000.dcm",
+    "JPEG-lossy.dcm",
+    "MR_small_jp2klossless.dcm",
+    "test-SR.dcm",
+]
 DECODABLE_COMPRESSED = ["SC_rgb_rle_2frame.dcm", "JPEG2000.dcm", "MR_small_jp2klossless.dcm"]
 
 
@@ -59,7 +66,10 @@ def native_multiframe(frames: int = 3, rows: int = 6, cols: int = 5) -> tuple[by
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    ds.PixelData = b"".join(bytes([40 * (i + 1)] * (rows * cols)) for i in range(frames))
+    # Each frame has its own pattern, so frames differ after rendering (which windows each frame).
+    ds.PixelData = b"".join(
+        bytes((k * 7 * (i + 1) + 13 * i) % 256 for k in range(rows * cols)) for i in range(frames)
+    )
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -82,9 +92,15 @@ def small_instance(study: str, series: str, number: int) -> bytes:
 
 def stow(client: httpx.Client, files: list[bytes]) -> None:
     boundary = "wado-setup-boundary-91ab"
-    body = b"".join(
-        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in files
-    ) + b"--" + boundary.encode() + b"--\r\n"
+    body = (
+        b"".join(
+            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+            for f in files
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
     response = client.post(
         "/dicomweb/studies",
         content=body,
@@ -120,7 +136,8 @@ class Stored:
     @property
     def path(self) -> str:
         ds = self.ds
-        return f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+        study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        return f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
 
 
 @dataclass
@@ -171,7 +188,9 @@ def test_no_accept_gives_as_stored(wado: Wado) -> None:
 def test_study_and_series_as_stored(wado: Wado) -> None:
     j2k, lossy = wado.files["JPEG2000.dcm"], wado.files["JPEG-lossy.dcm"]
     assert j2k.ds.StudyInstanceUID == lossy.ds.StudyInstanceUID
-    study = parts(wado.client.get(f"/dicomweb/studies/{j2k.ds.StudyInstanceUID}", headers={"Accept": AS_STORED}))
+    study = parts(
+        wado.client.get(f"/dicomweb/studies/{j2k.ds.StudyInstanceUID}", headers={"Accept": AS_STORED})
+    )
     assert sorted(body for _, body in study) == sorted([j2k.data, lossy.data])
     for stored in (j2k, lossy):
         series_path = f"/dicomweb/studies/{stored.ds.StudyInstanceUID}/series/{stored.ds.SeriesInstanceUID}"
@@ -179,7 +198,9 @@ def test_study_and_series_as_stored(wado: Wado) -> None:
         expected = [s.data for s in (j2k, lossy) if s.ds.SeriesInstanceUID == stored.ds.SeriesInstanceUID]
         assert sorted(body for _, body in series) == sorted(expected)
     ct = wado.files["CT_small.dcm"]
-    ((_, body),) = parts(wado.client.get(f"/dicomweb/studies/{ct.ds.StudyInstanceUID}", headers={"Accept": AS_STORED}))
+    ((_, body),) = parts(
+        wado.client.get(f"/dicomweb/studies/{ct.ds.StudyInstanceUID}", headers={"Accept": AS_STORED})
+    )
     assert body == ct.data
 
 
@@ -203,6 +224,7 @@ def test_single_part_default_is_explicit_le(wado: Wado) -> None:
     assert response.status_code == 200
     got = dcmread(io.BytesIO(response.content))
     assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert got.SOPInstanceUID == stored.ds.SOPInstanceUID
     assert np.array_equal(got.pixel_array, stored.ds.pixel_array)
 
 
@@ -215,20 +237,51 @@ def test_undecodable_instance_is_406_but_retrievable_as_stored(wado: Wado) -> No
     assert body == stored.data
 
 
-def test_retrieve_with_dicomweb_client(wado: Wado) -> None:
+def dicomweb_client(server: Server) -> DICOMwebClient:
     session = requests.Session()
     session.trust_env = False
-    session.verify = str(wado.server.home.ca)
-    session.headers["Authorization"] = f"Bearer {wado.server.home.admin_key}"
-    client = DICOMwebClient(wado.server.dicomweb, session=session)
+    session.verify = str(server.home.ca)
+    session.headers["Authorization"] = f"Bearer {server.home.admin_key}"
+    return DICOMwebClient(server.dicomweb, session=session)
+
+
+def test_retrieve_with_dicomweb_client(wado: Wado) -> None:
+    client = dicomweb_client(wado.server)
     stored = wado.files["multiframe"]
     (got,) = client.retrieve_study(stored.ds.StudyInstanceUID)
     assert got.SOPInstanceUID == stored.ds.SOPInstanceUID
     assert got.PixelData == stored.ds.PixelData
+    size = stored.ds.Rows * stored.ds.Columns
+    frames = client.retrieve_instance_frames(
+        stored.ds.StudyInstanceUID,
+        stored.ds.SeriesInstanceUID,
+        stored.ds.SOPInstanceUID,
+        frame_numbers=[2],
+        media_types=(("application/octet-stream", "*"),),
+    )
+    assert frames == [stored.ds.PixelData[size : 2 * size]]
+    rle = wado.files["SC_rgb_rle_2frame.dcm"]
+    (instance,) = client.retrieve_series(
+        rle.ds.StudyInstanceUID, rle.ds.SeriesInstanceUID, media_types=(("application/dicom", "*"),)
+    )
+    assert instance.SOPInstanceUID == rle.ds.SOPInstanceUID
+    assert instance.PixelData == rle.ds.PixelData
+
+
+def test_frames_with_dicomweb_client_defaults(wado: Wado) -> None:
+    """dicomweb-client asks for frames with `multipart/related; type="*/*"` by default."""
+    client = dicomweb_client(wado.server)
+    stored = wado.files["multiframe"]
+    size = stored.ds.Rows * stored.ds.Columns
     frames = client.retrieve_instance_frames(
         stored.ds.StudyInstanceUID, stored.ds.SeriesInstanceUID, stored.ds.SOPInstanceUID, frame_numbers=[2]
     )
-    assert frames == [bytes([80]) * 30]
+    assert frames == [stored.ds.PixelData[size : 2 * size]]
+    rle = wado.files["SC_rgb_rle_2frame.dcm"]
+    frames = client.retrieve_instance_frames(
+        rle.ds.StudyInstanceUID, rle.ds.SeriesInstanceUID, rle.ds.SOPInstanceUID, frame_numbers=[1]
+    )
+    assert frames == [next(generate_frames(rle.ds.PixelData, number_of_frames=2))]
 
 
 # -- metadata and bulk data ------------------------------------------------------------------------
@@ -241,7 +294,9 @@ def test_metadata_at_each_level(wado: Wado) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/dicom+json")
     items = response.json()
-    assert sorted(i["00080018"]["Value"][0] for i in items) == sorted([j2k.ds.SOPInstanceUID, lossy.ds.SOPInstanceUID])
+    assert sorted(i["00080018"]["Value"][0] for i in items) == sorted(
+        [j2k.ds.SOPInstanceUID, lossy.ds.SOPInstanceUID]
+    )
     series = wado.client.get(f"/dicomweb/studies/{study}/series/{j2k.ds.SeriesInstanceUID}/metadata").json()
     assert j2k.ds.SOPInstanceUID in [i["00080018"]["Value"][0] for i in series]
     (instance,) = wado.client.get(j2k.path + "/metadata").json()
@@ -269,6 +324,9 @@ def test_bulkdata_route(wado: Wado) -> None:
     assert part_type == "application/octet-stream"
     assert body == stored.ds.PixelData
     assert wado.client.get(stored.path + "/bulkdata/00100010").status_code == 404  # not bulk data
+    rle = wado.files["SC_rgb_rle_2frame.dcm"]
+    ((_, encapsulated),) = parts(wado.client.get(rle.path + "/bulkdata/7FE00010"))
+    assert encapsulated == rle.ds.PixelData
     assert wado.client.get(stored.path + "/bulkdata/7FE10010").status_code == 404
 
 
@@ -283,7 +341,11 @@ def test_rle_frames_as_stored(wado: Wado) -> None:
     assert all(t.startswith("image/dicom-rle") and "transfer-syntax=1.2.840.10008.1.2.5" in t for t, _ in got)
     reversed_ = parts(wado.client.get(stored.path + "/frames/2,1", headers={"Accept": FRAMES_AS_STORED}))
     assert [body for _, body in reversed_] == expected[::-1]
-    ((_, second),) = parts(wado.client.get(stored.path + "/frames/2", headers={"Accept": 'multipart/related; type="image/dicom-rle"'}))
+    ((_, second),) = parts(
+        wado.client.get(
+            stored.path + "/frames/2", headers={"Accept": 'multipart/related; type="image/dicom-rle"'}
+        )
+    )
     assert second == expected[1]
 
 
@@ -297,11 +359,18 @@ def test_rle_frames_uncompressed(wado: Wado) -> None:
 
 def test_j2k_frame_as_stored_and_uncompressed(wado: Wado) -> None:
     stored = wado.files["MR_small_jp2klossless.dcm"]
-    ((part_type, body),) = parts(wado.client.get(stored.path + "/frames/1", headers={"Accept": 'multipart/related; type="image/jp2"'}))
+    ((part_type, body),) = parts(
+        wado.client.get(stored.path + "/frames/1", headers={"Accept": 'multipart/related; type="image/jp2"'})
+    )
     assert part_type.startswith("image/jp2")
     assert body == next(generate_frames(stored.ds.PixelData, number_of_frames=1))
     ((_, raw),) = parts(wado.client.get(stored.path + "/frames/1", headers={"Accept": FRAMES_UNCOMPRESSED}))
-    assert raw == dcmread(io.BytesIO(stored.data)).pixel_array.astype("<i2" if stored.ds.PixelRepresentation else "<u2").tobytes()
+    assert (
+        raw
+        == dcmread(io.BytesIO(stored.data))
+        .pixel_array.astype("<i2" if stored.ds.PixelRepresentation else "<u2")
+        .tobytes()
+    )
 
 
 def test_native_frames(wado: Wado) -> None:
@@ -354,7 +423,12 @@ def test_rendered_jpeg_and_png(wado: Wado) -> None:
     assert png.size == (ct.ds.Columns, ct.ds.Rows)
     assert png.mode == "L"
     assert np.asarray(png).std() > 5  # an image, not a flat field
-    rgb = decode(wado.client.get(wado.files["SC_rgb_rle_2frame.dcm"].path + "/rendered", headers={"Accept": "image/png"}), "image/png")
+    rgb = decode(
+        wado.client.get(
+            wado.files["SC_rgb_rle_2frame.dcm"].path + "/rendered", headers={"Accept": "image/png"}
+        ),
+        "image/png",
+    )
     assert rgb.mode == "RGB"
     preferred = wado.client.get(ct.path + "/rendered", headers={"Accept": "image/jpeg;q=0.2, image/png"})
     decode(preferred, "image/png")
@@ -363,7 +437,12 @@ def test_rendered_jpeg_and_png(wado: Wado) -> None:
 def test_rendered_window_changes_output(wado: Wado) -> None:
     ct = wado.files["CT_small.dcm"]
     get = lambda window: np.asarray(  # noqa: E731
-        decode(wado.client.get(ct.path + "/rendered", params={"window": window}, headers={"Accept": "image/png"}), "image/png")
+        decode(
+            wado.client.get(
+                ct.path + "/rendered", params={"window": window}, headers={"Accept": "image/png"}
+            ),
+            "image/png",
+        )
     )
     narrow, wide = get("100,50"), get("1000,4000")
     assert narrow.shape == wide.shape
@@ -375,9 +454,15 @@ def test_rendered_window_changes_output(wado: Wado) -> None:
 
 def test_rendered_viewport_and_quality(wado: Wado) -> None:
     ct = wado.files["CT_small.dcm"]  # 128 x 128
-    assert decode(wado.client.get(ct.path + "/rendered", params={"viewport": "64,64"}), "image/jpeg").size == (64, 64)
-    assert decode(wado.client.get(ct.path + "/rendered", params={"viewport": "64,32"}), "image/jpeg").size == (32, 32)
-    assert decode(wado.client.get(ct.path + "/rendered", params={"viewport": "256,256"}), "image/jpeg").size == (256, 256)
+    assert decode(
+        wado.client.get(ct.path + "/rendered", params={"viewport": "64,64"}), "image/jpeg"
+    ).size == (64, 64)
+    assert decode(
+        wado.client.get(ct.path + "/rendered", params={"viewport": "64,32"}), "image/jpeg"
+    ).size == (32, 32)
+    assert decode(
+        wado.client.get(ct.path + "/rendered", params={"viewport": "256,256"}), "image/jpeg"
+    ).size == (256, 256)
     low = wado.client.get(ct.path + "/rendered", params={"quality": "5"})
     high = wado.client.get(ct.path + "/rendered", params={"quality": "100"})
     assert len(low.content) < len(high.content)
@@ -387,8 +472,16 @@ def test_rendered_viewport_and_quality(wado: Wado) -> None:
 
 def test_rendered_frames_differ(wado: Wado) -> None:
     stored = wado.files["multiframe"]
-    first = np.asarray(decode(wado.client.get(stored.path + "/frames/1/rendered", headers={"Accept": "image/png"}), "image/png"))
-    third = np.asarray(decode(wado.client.get(stored.path + "/frames/3/rendered", headers={"Accept": "image/png"}), "image/png"))
+    first = np.asarray(
+        decode(
+            wado.client.get(stored.path + "/frames/1/rendered", headers={"Accept": "image/png"}), "image/png"
+        )
+    )
+    third = np.asarray(
+        decode(
+            wado.client.get(stored.path + "/frames/3/rendered", headers={"Accept": "image/png"}), "image/png"
+        )
+    )
     assert first.shape == third.shape == (stored.ds.Rows, stored.ds.Columns)
     assert not np.array_equal(first, third)
     assert wado.client.get(stored.path + "/frames/4/rendered").status_code == 404
@@ -402,7 +495,12 @@ def test_thumbnails(wado: Wado) -> None:
         image = decode(wado.client.get(path), "image/jpeg")
         assert max(image.size) <= 128
         assert image.size == (128, 128)
-    small = decode(wado.client.get(f"{ct.path}/thumbnail", params={"viewport": "32,32"}, headers={"Accept": "image/png"}), "image/png")
+    small = decode(
+        wado.client.get(
+            f"{ct.path}/thumbnail", params={"viewport": "32,32"}, headers={"Accept": "image/png"}
+        ),
+        "image/png",
+    )
     assert small.size == (32, 32)
     rle = wado.files["SC_rgb_rle_2frame.dcm"]
     assert max(decode(wado.client.get(rle.path + "/thumbnail"), "image/jpeg").size) == 128
@@ -443,7 +541,10 @@ def test_unsupported_accept_is_406(wado: Wado) -> None:
         (rle.path, 'multipart/related; type="application/dicom+xml"'),
         (study, "application/dicom"),  # single part is for one instance only
         (rle.path + "/frames/1", 'multipart/related; type="image/jpeg"'),
-        (rle.path + "/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50'),
+        (
+            rle.path + "/frames/1",
+            'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50',
+        ),
         (rle.path + "/rendered", "image/gif"),
         (rle.path + "/rendered", "image/png;q=0"),
     ]
@@ -500,7 +601,9 @@ def test_delete_instance_series_study(wado: Wado) -> None:
 def test_deleted_instance_can_be_stored_again(wado: Wado) -> None:
     data, ds = native_multiframe(frames=1)
     stow(wado.client, [data])
-    path = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    path = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
     assert wado.client.delete(path).status_code == 204
     stow(wado.client, [data])
     ((_, body),) = parts(wado.client.get(path, headers={"Accept": AS_STORED}))

@@ -27,7 +27,7 @@ from medvault.api.negotiation import (
 )
 from medvault.api.qido import parse_query, shape_results
 from medvault.archive import Archive, StoreOutcome
-from medvault.dicom.dicomjson import json_to_dataset
+from medvault.dicom.dicomjson import json_to_dataset, with_bulk_data_base
 from medvault.dicom.render import render_frame, uncompressed_frame
 from medvault.dicom.transcode import transcode_to_explicit_little_endian
 from medvault.errors import (
@@ -42,7 +42,6 @@ from medvault.index.store import InstanceRecord, Level
 
 Json = dict[str, Any]
 DICOM_JSON = "application/dicom+json"
-BULK_PREFIX = "medvault:bulk/"
 
 router = APIRouter(prefix="/dicomweb")
 
@@ -288,20 +287,6 @@ def retrieve_instance(
 # -- WADO-RS: metadata -----------------------------------------------------------------------------
 
 
-def _absolute_bulk(obj: Any, instance_url: str) -> Any:
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            if key == "BulkDataURI" and isinstance(value, str) and value.startswith(BULK_PREFIX):
-                out[key] = f"{instance_url}/bulkdata/{value[len(BULK_PREFIX) :]}"
-            else:
-                out[key] = _absolute_bulk(value, instance_url)
-        return out
-    if isinstance(obj, list):
-        return [_absolute_bulk(v, instance_url) for v in obj]
-    return obj
-
-
 def _metadata(
     request: Request, archive: Archive, study: str, series: str | None, sop: str | None
 ) -> Response:
@@ -310,7 +295,7 @@ def _metadata(
     out = []
     for record, meta in zip(records, archive.metadata(records), strict=True):
         url = f"{root}/studies/{record.study_uid}/series/{record.series_uid}/instances/{record.sop_uid}"
-        out.append(_absolute_bulk(meta, url))
+        out.append(with_bulk_data_base(meta, f"{url}/bulkdata"))
     return json_response(out)
 
 
@@ -370,21 +355,22 @@ def retrieve_frames(
     return Response(body, media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path}")
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
     study: str, series: str, sop: str, tag_path: str, request: Request, archive: ArchiveDep, _: CanRead
 ) -> Response:
     record = archive.instances(study, series, sop)[0]
     ds = dcmread(io.BytesIO(archive.read(record)))
-    element: Any = ds
+    # Paths as written by dicomjson: TAG, or TAG/ITEM/TAG/... through sequences.
+    steps = tag_path.split("/")
+    if len(steps) % 2 == 0:
+        raise NotFound("no such bulk data element")
+    container: Any = ds
     try:
-        for step in tag_path.split("/"):
-            tag_text, _sep, item = step.partition(".")
-            element = element[int(tag_text, 16)]
-            if item:
-                element = element.value[int(item)]
-        value = element.value
-    except (KeyError, ValueError, IndexError):
+        for i in range(0, len(steps) - 1, 2):
+            container = container[int(steps[i], 16)].value[int(steps[i + 1])]
+        value = container[int(steps[-1], 16)].value
+    except (KeyError, ValueError, IndexError, TypeError):
         raise NotFound("no such bulk data element") from None
     if not isinstance(value, bytes):
         raise NotFound("no such bulk data element")

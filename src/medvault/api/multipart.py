@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from medvault.errors import InvalidInput, UnsupportedMedia
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 - an RFC 9110 token, not a secret
-_PARAM_RE = re.compile(rf';\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})')
+# Unquoted values are read leniently ("type=application/dicom" without quotes is common in the wild,
+# though "/" is not a token character); quoted-strings are parsed strictly.
+_PARAM_RE = re.compile(r";\s*(" + _TOKEN + r')\s*=\s*("(?:[^"\\]|\\.)*"|[^\s;,"]+)')
 _BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")
 
 
@@ -24,10 +26,14 @@ class MediaType:
     params: dict[str, str] = field(default_factory=dict)  # names lower case, values unquoted
 
     def __str__(self) -> str:
-        rendered = "".join(
-            f'; {k}="{v}"' if not re.fullmatch(_TOKEN, v) else f"; {k}={v}" for k, v in self.params.items()
-        )
-        return self.type + rendered
+        return self.type + "".join(f"; {k}={_quote(v)}" for k, v in self.params.items())
+
+
+def _quote(value: str) -> str:
+    """A parameter value as an RFC 9110 token, or a quoted-string with \\ and " escaped."""
+    if re.fullmatch(_TOKEN, value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def parse_media_type(value: str) -> MediaType:

@@ -75,6 +75,13 @@ def negotiate_frames(accept: str | None, stored_syntax: str) -> FrameChoice:
             continue
         part_type = media.params.get("type", "application/octet-stream").lower()
         ts = media.params.get("transfer-syntax")
+        if part_type in ("*/*", "image/*") and ts in (None, ANY_SYNTAX):
+            # dicomweb-client's default: whatever the frames are stored as.
+            if stored_compressed:
+                return FrameChoice(True, stored_media)
+            if part_type == "*/*":
+                return FrameChoice(False, "application/octet-stream")
+            continue
         if part_type == "application/octet-stream":
             if ts == ANY_SYNTAX:
                 return FrameChoice(True, stored_media if stored_compressed else part_type)

@@ -20,7 +20,7 @@ def transcode_to_explicit_little_endian(data: bytes) -> bytes:
         return data
     if stored.is_compressed:
         try:
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # the decoder plugins raise many types; name none of the data
             raise NotAcceptable(
                 f"the instance is stored as {stored} and cannot be decompressed here "

@@ -386,6 +386,8 @@ class Index:
         limit: int | None = None,
     ) -> list[Hit]:
         """Matches at ``level`` in insertion order, after ``offset``, at most ``limit``."""
+        if limit == 0:
+            return []
         studies, series, insts = t.studies, t.series, t.instances
         conds: list[ColumnElement[bool]] = []
         if study_uid is not None:
@@ -497,7 +499,8 @@ class Index:
         if crit.tag == TAG_STUDY_DATE:
             return self._year_prefilter(crit)
         if crit.tag == TAG_MODALITIES_IN_STUDY and crit.kind is MatchKind.SINGLE:
-            return exists().where(and_(series.c.study_id == studies.c.id, series.c.modality == crit.value))
+            other = t.series.alias("study_series")  # any series of the study, not the row's own
+            return exists().where(and_(other.c.study_id == studies.c.id, other.c.modality == crit.value))
         return None
 
     @staticmethod
