@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
@@ -28,3 +30,29 @@ def test_store_search_retrieve_with_dicomweb_client(server: Server) -> None:
     got = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert got.PixelData == ds.PixelData
     assert str(got.PatientName) == str(ds.PatientName)
+
+
+def test_rt_files_round_trip_byte_exact(server: Server) -> None:
+    """RT dose (multi-frame, native) and RT plan from pydicom: stored and returned exactly as sent,
+    even though their file meta names another SOP instance (the data set decides)."""
+    for name in ("rtdose.dcm", "rtplan.dcm"):
+        path = get_testdata_file(name, download=False)
+        assert path is not None
+        with open(path, "rb") as fh:
+            original = fh.read()
+        ds = dcmread(BytesIO(original))
+        assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+        body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + original + b"\r\n--x--\r\n"
+        with server.client() as http:
+            stored = http.post(
+                "/dicomweb/studies",
+                content=body,
+                headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=x'},
+            )
+            assert stored.status_code == 200, stored.text
+            response = http.get(
+                f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+                headers={"Accept": "application/dicom; transfer-syntax=*"},
+            )
+        assert response.status_code == 200
+        assert response.content == original

@@ -24,6 +24,7 @@ import base64
 import copy
 import math
 import re
+import struct
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -262,6 +263,147 @@ def _encode_pn(value: Any) -> dict[str, str] | None:
         if part:
             out[key] = str(part)
     return out or None
+
+
+# --- DICOM JSON straight from raw value bytes (the ingest fast path) ----------------------------
+#
+# ``raw_value_json`` gives, for one explicit VR little endian element value, exactly what
+# ``dataset_to_json`` gives for it after pydicom's conversion with its default configuration
+# (values.py converters, charset.decode_bytes, PersonName, UID): see the per-VR notes below. It
+# covers the Specific Character Sets that decode with a single Python codec and no code extensions
+# (absent, ISO_IR 6, ISO_IR 100, ISO_IR 192); anything else raises ``RawValueUnsupported`` and the
+# caller must take the pydicom path. Never raises with a value in the message.
+
+
+class RawValueUnsupported(Exception):
+    """Internal: this raw value needs pydicom's conversion (``dataset_to_json``)."""
+
+
+# (0008,0005) value -> Python codec; only single, stand-alone character sets without code extensions.
+RAW_CHARSETS: dict[str, str] = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+# VRs whose text is decoded with the Specific Character Set (the others are always ISO 8859-1).
+CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
+_NUMBER_FORMATS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("I", 4), "SL": ("i", 4), "FL": ("f", 4),
+                   "FD": ("d", 8), "SV": ("q", 8), "UV": ("Q", 8)}  # fmt: skip
+_ESC = b"\x1b"
+
+
+def _values(vr: str, values: list[Any]) -> dict[str, Any]:
+    if any(v is not None for v in values):
+        return {"vr": vr, "Value": values}
+    return {"vr": vr}
+
+
+def _decode(raw: bytes, encoding: str) -> str:
+    # charset.decode_bytes: no escape sequence -> one codec; undecodable bytes would be replaced
+    # (with a warning) there, so leave those to pydicom.
+    if _ESC in raw:
+        raise RawValueUnsupported
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        raise RawValueUnsupported from None
+
+
+def _raw_string(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    # AS, CS, DA, DT, TM: convert_string -> multi_string (datetime_conversion off).
+    return _values(vr, [v or None for v in raw.decode("latin-1").rstrip(" \x00").split("\\")])
+
+
+def _raw_ae(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    return _values(vr, [v.strip() or None for v in raw.decode("latin-1").split("\\")])
+
+
+def _raw_ui(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    # convert_UI: rstrip NUL/space, split; UID() strips each value.
+    return _values(vr, [v.strip() or None for v in raw.decode("latin-1").rstrip("\x00 ").split("\\")])
+
+
+def _raw_ur(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    return _values(vr, [raw.decode("latin-1").rstrip() or None])
+
+
+def _raw_text(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    # SH, LO, UC: convert_text.
+    return _values(vr, [v.rstrip("\x00 ") or None for v in _decode(raw, encoding).split("\\")])
+
+
+def _raw_single_text(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    # ST, LT, UT: convert_single_string (no value multiplicity).
+    return _values(vr, [_decode(raw, encoding).rstrip("\x00 ") or None])
+
+
+def _pn_groups(name: str) -> dict[str, str] | None:
+    groups = name.split("=")
+    out: dict[str, str] = {}
+    if groups[0]:
+        out["Alphabetic"] = groups[0]
+    if len(groups) > 1 and groups[1]:
+        out["Ideographic"] = groups[1]
+    if len(groups) > 2 and groups[2]:
+        out["Phonetic"] = groups[2]
+    return out or None
+
+
+def _raw_pn(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    # convert_PN: rstrip NUL/space, decode, split; each PersonName keeps its '='-separated groups.
+    return _values(vr, [_pn_groups(v) for v in _decode(raw.rstrip(b"\x00 "), encoding).split("\\")])
+
+
+def _raw_numeric_string(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    return _encode_numeric_strings(vr, raw)  # the very code dataset_to_json runs on raw IS/DS
+
+
+def _raw_number(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    fmt, size = _NUMBER_FORMATS[vr]
+    count, rest = divmod(len(raw), size)
+    if rest or not count:
+        # convert_numbers raises on a partial value (dataset_to_json keeps the VR only); empty: no Value.
+        return {"vr": vr}
+    values = struct.unpack(f"<{count}{fmt}", raw)
+    if fmt in "fd":
+        return {"vr": vr, "Value": [_encode_number(v) for v in values]}
+    return {"vr": vr, "Value": list(values)}
+
+
+def _raw_at(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    if len(raw) % 4:
+        raise RawValueUnsupported  # pydicom truncates or retries other VRs
+    if not raw:
+        return {"vr": vr}
+    words = struct.unpack(f"<{len(raw) // 2}H", raw)
+    return {"vr": vr, "Value": [f"{words[i] << 16 | words[i + 1]:08X}" for i in range(0, len(words), 2)]}
+
+
+def _raw_binary(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    if not raw:
+        return {"vr": vr}
+    return {"vr": vr, "InlineBinary": base64.b64encode(raw).decode("ascii")}
+
+
+RAW_ENCODERS: dict[str, Callable[[str, bytes, str], dict[str, Any]]] = {
+    **dict.fromkeys(("AS", "CS", "DA", "DT", "TM"), _raw_string),
+    "AE": _raw_ae,
+    "UI": _raw_ui,
+    "UR": _raw_ur,
+    **dict.fromkeys(("SH", "LO", "UC"), _raw_text),
+    **dict.fromkeys(("ST", "LT", "UT"), _raw_single_text),
+    "PN": _raw_pn,
+    "IS": _raw_numeric_string,
+    "DS": _raw_numeric_string,
+    **dict.fromkeys(_NUMBER_FORMATS, _raw_number),
+    "AT": _raw_at,
+    **dict.fromkeys(BINARY_VRS, _raw_binary),
+}
+
+
+def raw_value_json(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
+    """DICOM JSON of one non-sequence, non-bulk explicit VR little endian value (see above).
+
+    ``encoding`` is a codec from ``RAW_CHARSETS``; raises ``RawValueUnsupported`` where pydicom's
+    conversion must decide.
+    """
+    return RAW_ENCODERS[vr](vr, raw, encoding)
 
 
 def json_to_dataset(obj: dict[str, Any]) -> Dataset:

@@ -30,14 +30,26 @@ import re
 import struct
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import pydicom.uid
+from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom import hooks as pydicom_hooks
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from medvault.dicom.dicomjson import PIXEL_DATA_TAGS, dataset_to_json
+from medvault.dicom.dicomjson import (
+    CHARSET_VRS,
+    PIXEL_DATA_TAGS,
+    RAW_CHARSETS,
+    RAW_ENCODERS,
+    RawValueUnsupported,
+    dataset_to_json,
+)
 from medvault.errors import InvalidInput, MissingAttribute, NotDicom, TooLarge, UnsupportedMedia
 
 __all__ = [
@@ -97,10 +109,11 @@ class ParsedInstance:
     """One validated instance.
 
     ``dataset`` holds every element; the pixel data element is kept with an empty value (its VR
-    tells the byte layout of native big-endian frames). Frame bytes come from ``frames``.
+    tells the byte layout of native big-endian frames). Frame bytes come from ``frames``. It is
+    read by pydicom on first access (ingest needs only ``metadata``, the UIDs and ``frames``), so
+    an instance parsed on the fast path keeps a reference to the file bytes until then.
     """
 
-    dataset: Dataset
     sop_class_uid: str
     sop_instance_uid: str
     study_instance_uid: str
@@ -110,6 +123,16 @@ class ParsedInstance:
     frames: tuple[FrameLocation, ...]
     metadata: dict[str, Any]
     meta_disagreements: tuple[str, ...] = ()  # file-meta UIDs that differ from the data set
+    # The pydicom data set already read (pixel data emptied), or the file bytes to read it from.
+    source: Dataset | bytes = field(default=b"", repr=False, compare=False)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        if isinstance(self.source, Dataset):
+            return self.source
+        ds = _read_dataset(self.source)
+        _empty_pixel_data(ds)
+        return ds
 
 
 def is_valid_uid(uid: str, *, strict: bool = False) -> bool:
@@ -149,6 +172,19 @@ def parse_instance(
             f"transfer syntax {ts} (deflated) is not accepted: frames cannot be located; "
             "send it uncompressed or with a compressed pixel data transfer syntax"
         )
+    if meta.plain and ts not in _NOT_FAST and _pydicom_is_default():
+        try:
+            return _parse_fast(data, meta, bulk_data_uri)
+        except (_Fallback, RawValueUnsupported, InvalidInput, MissingAttribute, struct.error):
+            pass  # the pydicom path below decides (and words any refusal)
+    return _parse_with_pydicom(data, meta, bulk_data_uri)
+
+
+def _parse_with_pydicom(
+    data: bytes, meta: _FileMeta, bulk_data_uri: Callable[[str], str] | None
+) -> ParsedInstance:
+    """The reference path: pydicom reads every element, ``dataset_to_json`` converts them."""
+    ts = meta.transfer_syntax
     ds = _read_dataset(data)
     walker = _Walker(data, little=ts != EXPLICIT_VR_BIG_ENDIAN, implicit=_looks_implicit(data, meta.end, ts))
     top = walker.walk_dataset(meta.end, len(data))
@@ -166,17 +202,12 @@ def parse_instance(
     if pixel is not None:
         number_of_frames = _number_of_frames(ds)
         if pixel.length == _UNDEFINED:
-            frames = _encapsulated_frames(walker, pixel, number_of_frames, ds)
+            frames = _encapsulated_frames(walker, pixel, number_of_frames, lambda: _extended_offset_table(ds))
         else:
             frames = _native_frames(pixel, number_of_frames, ds, big_endian=not walker.little)
-    for tag in PIXEL_DATA_TAGS:
-        if tag in ds:
-            # Keep the element, empty, so its VR (OB/OW: byte order in big endian) stays known.
-            vr = _element_vr(ds, tag)
-            del ds[tag]
-            ds.add_new(tag, vr, b"")
+    _empty_pixel_data(ds)
     return ParsedInstance(
-        dataset=ds,
+        source=ds,
         sop_class_uid=uids["SOPClassUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         study_instance_uid=uids["StudyInstanceUID"],
@@ -187,6 +218,15 @@ def parse_instance(
         metadata=metadata,
         meta_disagreements=meta_disagreements,
     )
+
+
+def _empty_pixel_data(ds: Dataset) -> None:
+    for tag in PIXEL_DATA_TAGS:
+        if tag in ds:
+            # Keep the element, empty, so its VR (OB/OW: byte order in big endian) stays known.
+            vr = _element_vr(ds, tag)
+            del ds[tag]
+            ds.add_new(tag, vr, b"")
 
 
 # --- raw walker ------------------------------------------------------------------------------
@@ -207,6 +247,7 @@ class _FileMeta:
     end: int
     media_sop_class: str | None
     media_sop_instance: str | None
+    plain: bool = False  # pydicom reads exactly these values (see _plain_meta_element)
 
 
 def _tag_name(tag: int) -> str:
@@ -319,14 +360,18 @@ def _read_file_meta(data: bytes) -> _FileMeta:
     pos = _PREAMBLE + 4
     values: dict[int, str] = {}
     end_of_meta = pos
+    plain = True
+    last = -1
     while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
         try:
             (element,) = walker.walk_dataset(pos, _next_element_end(data, pos))
         except (InvalidInput, struct.error, ValueError):
             raise NotDicom("file meta information (group 0002) is malformed or truncated") from None
+        raw = data[element.value_offset : element.end]
         if element.vr in (b"UI", b"AE", b"SH", b"CS"):
-            raw = data[element.value_offset : element.end]
             values[element.tag] = raw.decode("ascii", errors="replace").rstrip("\x00 ")
+        plain = plain and element.tag > last and _plain_meta_element(element, raw)
+        last = element.tag
         pos = end_of_meta = element.end
     if end_of_meta == _PREAMBLE + 4:
         raise NotDicom("file meta information (group 0002) is missing")
@@ -335,7 +380,26 @@ def _read_file_meta(data: bytes) -> _FileMeta:
         raise InvalidInput("file meta lacks TransferSyntaxUID (0002,0010)")
     if not is_valid_uid(ts):
         raise InvalidInput("file meta TransferSyntaxUID (0002,0010) is not a valid UID")
-    return _FileMeta(ts, end_of_meta, values.get(0x00020002), values.get(0x00020003))
+    return _FileMeta(ts, end_of_meta, values.get(0x00020002), values.get(0x00020003), plain)
+
+
+_PLAIN_UID = re.compile(rb"[0-9.]*[\x00 ]*")
+_META_UIDS = frozenset({0x00020002, 0x00020003, 0x00020010})
+
+
+def _plain_meta_element(element: _Element, raw: bytes) -> bool:
+    """Would pydicom read this file meta element without trouble, to the value read here?
+
+    Known VR, whole numbers, and the three UIDs used (media SOP class / instance, transfer
+    syntax) as UI made of digits and dots only.
+    """
+    vr = _VR_STR.get(element.vr or b"")
+    if vr is None:
+        return False
+    if element.tag in _META_UIDS:
+        return vr == "UI" and _PLAIN_UID.fullmatch(raw) is not None
+    size = _NUMBER_SIZES.get(vr)
+    return size is None or len(raw) % size == 0
 
 
 def _next_element_end(data: bytes, pos: int) -> int:
@@ -448,6 +512,24 @@ def _native_frames(
     columns = _int_attr(ds, "Columns")
     samples = _int_attr(ds, "SamplesPerPixel", 1)
     bits = _int_attr(ds, "BitsAllocated")
+    return _native_layout(
+        pixel,
+        frames,
+        (rows, columns, samples, bits),
+        lambda: str(ds.get("PhotometricInterpretation", "")).strip(),
+        big_endian=big_endian,
+    )
+
+
+def _native_layout(
+    pixel: _Element,
+    frames: int,
+    image: tuple[int, int, int, int],
+    photometric_interpretation: Callable[[], str],
+    *,
+    big_endian: bool,
+) -> tuple[FrameLocation, ...]:
+    rows, columns, samples, bits = image
     if pixel.tag == 0x7FE00008:
         bits = 32
     elif pixel.tag == 0x7FE00009:
@@ -458,7 +540,7 @@ def _native_frames(
         )
     frame_bits = rows * columns * samples * bits
     swapped_words = big_endian and pixel.vr == b"OW" and bits == 8
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    photometric = photometric_interpretation()
     if photometric == "YBR_FULL_422":
         frame_bits = frame_bits * 2 // 3  # 2 samples' worth per pixel pair (PS3.3 C.7.6.3.1.2)
     if frame_bits * frames > pixel.length * 8:
@@ -485,7 +567,7 @@ _JP2_SIG = b"\x00\x00\x00\x0cjP  "
 
 
 def _encapsulated_frames(
-    walker: _Walker, pixel: _Element, frames: int, ds: Dataset
+    walker: _Walker, pixel: _Element, frames: int, extended_offset_table: Callable[[], list[int] | None]
 ) -> tuple[FrameLocation, ...]:
     items = walker.items(pixel.value_offset, len(walker.data), pixel.tag, implicit=False, little=True)
     items = items[:-1]  # the sequence delimiter
@@ -512,7 +594,7 @@ def _encapsulated_frames(
             for a, b in itertools.pairwise(bounds)
         )
 
-    eot = _extended_offset_table(ds)
+    eot = extended_offset_table()
     if eot is not None:
         if len(eot) != frames:
             raise InvalidInput("ExtendedOffsetTable (7FE0,0001) does not list NumberOfFrames entries")
@@ -544,6 +626,10 @@ def _extended_offset_table(ds: Dataset) -> list[int] | None:
     if raw is None:
         return None
     value = bytes(raw) if isinstance(raw, bytes | bytearray) else b""
+    return _offsets_from_table(value)
+
+
+def _offsets_from_table(value: bytes) -> list[int] | None:
     if not value:
         return None
     if len(value) % 8:
