@@ -280,7 +280,12 @@ class RawValueUnsupported(Exception):
 
 
 # (0008,0005) value -> Python codec; only single, stand-alone character sets without code extensions.
-RAW_CHARSETS: dict[str, str] = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+RAW_CHARSETS: dict[str, str] = {
+    "": "latin-1",
+    "ISO_IR 6": "latin-1",
+    "ISO_IR 100": "latin-1",
+    "ISO_IR 192": "utf-8",
+}
 # VRs whose text is decoded with the Specific Character Set (the others are always ISO 8859-1).
 CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 _NUMBER_FORMATS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("I", 4), "SL": ("i", 4), "FL": ("f", 4),

@@ -8,6 +8,12 @@ The file is read twice, both without decoding pixels: once by a small walker ove
 (``dcmread`` without ``force``) for the values. Frame locations are byte ranges in the original
 file, so the archive can decrypt one frame's segments without touching the rest.
 
+Fast path (ingest hot spot): explicit VR little endian files that pydicom would read without
+surprises are walked once here and their DICOM JSON is built straight from the raw value bytes
+(``dicomjson.raw_value_json``), with the same result as the pydicom path; pydicom then reads the
+file only if ``ParsedInstance.dataset`` is asked for. Everything else (implicit VR, big endian,
+other character sets, anything odd, every refusal) takes the pydicom path. See "fast path" below.
+
 Refusals (all carry no patient values):
 
 - :class:`NotDicom`: no ``DICM`` prefix, no readable file meta, pydicom cannot read it.
@@ -37,17 +43,17 @@ from typing import Any
 import pydicom.uid
 from pydicom import config as pydicom_config
 from pydicom import dcmread
-from pydicom import hooks as pydicom_hooks
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.hooks import hooks as pydicom_hooks
+from pydicom.hooks import raw_element_value, raw_element_vr
 
 from medvault.dicom.dicomjson import (
     CHARSET_VRS,
     PIXEL_DATA_TAGS,
     RAW_CHARSETS,
     RAW_ENCODERS,
-    RawValueUnsupported,
     dataset_to_json,
 )
 from medvault.errors import InvalidInput, MissingAttribute, NotDicom, TooLarge, UnsupportedMedia
@@ -172,11 +178,11 @@ def parse_instance(
             f"transfer syntax {ts} (deflated) is not accepted: frames cannot be located; "
             "send it uncompressed or with a compressed pixel data transfer syntax"
         )
-    if meta.plain and ts not in _NOT_FAST and _pydicom_is_default():
+    if meta.plain and ts not in _NOT_FAST and type(data) is bytes and _pydicom_is_default():
         try:
             return _parse_fast(data, meta, bulk_data_uri)
-        except (_Fallback, RawValueUnsupported, InvalidInput, MissingAttribute, struct.error):
-            pass  # the pydicom path below decides (and words any refusal)
+        except Exception:  # noqa: S110 - _Fallback, a refusal, anything: the pydicom path decides
+            pass  # (and words any refusal exactly as it always did)
     return _parse_with_pydicom(data, meta, bulk_data_uri)
 
 
@@ -635,3 +641,370 @@ def _offsets_from_table(value: bytes) -> list[int] | None:
     if len(value) % 8:
         raise InvalidInput("ExtendedOffsetTable (7FE0,0001) length is not a multiple of 8")
     return list(struct.unpack(f"<{len(value) // 8}Q", value))
+
+
+# --- fast path: DICOM JSON and attributes straight from the raw bytes ---------------------------
+#
+# For explicit VR little endian data sets that pydicom would read without surprises, the elements
+# are walked and encoded here (dicomjson.raw_value_json) instead of through pydicom's Dataset,
+# RawDataElement conversion hooks and Tag objects; the pydicom Dataset is then read only if someone
+# asks for ``ParsedInstance.dataset``. The result is the same as ``_parse_with_pydicom``'s. Anything
+# this path is not sure about raises ``_Fallback`` (or any refusal) and ``_parse_with_pydicom`` runs
+# instead, from scratch: it decides every refusal, so errors keep their wording and precedence.
+#
+# Fast-path conditions (else fallback): transfer syntax explicit VR little endian (not implicit, big
+# endian, deflated or a pydicom private one) and the data set really explicit; pydicom's reading
+# configuration and hooks at their defaults; file meta with known VRs and plain UIDs; in every data
+# set (items too): known VRs, strictly ascending tags, no group 0000-0002 at top level, defined
+# lengths except for sequences and (encapsulated) pixel data, sequences and items well formed and
+# exactly filling their defined lengths, explicit VR inside items; Specific Character Set absent or
+# one of dicomjson.RAW_CHARSETS, coded as CS, and no sequence or charset-dependent text before it;
+# no escape sequences or undecodable bytes in charset-dependent text; UN values that pydicom would
+# re-type (dictionary tags, private creators, private tags with their creator present); AT values
+# of partial length; LUT descriptors; required UIDs and image pixel attributes that are absent,
+# multi-valued or not plain digits (their refusals come from the pydicom path).
+
+
+class _Fallback(Exception):
+    """Internal: the fast path is not sure; take the pydicom path."""
+
+
+_NOT_FAST = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, *DEFLATED_TRANSFER_SYNTAXES})
+_KNOWN_VRS = (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+)
+_VR_STR: dict[bytes, str] = {vr.encode("ascii"): vr for vr in _KNOWN_VRS.split()}
+_NUMBER_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8, "AT": 4}
+_BINARY = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_BULK_THRESHOLD = 1024  # dataset_to_json's default, which parse_instance uses
+_LUT_DESCRIPTORS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
+_HEADER = struct.Struct("<HH2sH").unpack_from
+_LE_U32 = struct.Struct("<I").unpack_from
+_LE_U16 = struct.Struct("<H").unpack_from
+_CHARSET = 0x00080005
+_ATTRIBUTES = frozenset(
+    {
+        0x00080016, 0x00080018, 0x0020000D, 0x0020000E,  # required UIDs
+        0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100,  # image pixel
+        0x7FE00001,  # Extended Offset Table
+    }
+)  # fmt: skip
+
+
+def _pydicom_is_default() -> bool:
+    """pydicom reads and converts as the fast path assumes (its defaults; checked per call, cheap)."""
+    settings = pydicom_config.settings
+    return (
+        pydicom_hooks.raw_element_vr is raw_element_vr
+        and pydicom_hooks.raw_element_value is raw_element_value
+        and not pydicom_hooks.raw_element_kwargs
+        and pydicom_config.data_element_callback is None
+        and not pydicom_config.datetime_conversion
+        and not pydicom_config.use_none_as_empty_text_VR_value
+        and pydicom_config.replace_un_with_known_vr
+        and not pydicom_config.convert_wrong_length_to_UN
+        and pydicom_config.assume_implicit_vr_switch
+        and settings.infer_sq_for_un_vr
+        and settings.reading_validation_mode == pydicom_config.WARN
+        and not pydicom.uid.PrivateTransferSyntaxes
+    )
+
+
+@dataclass
+class _Top:
+    """What the fast scan keeps of the top-level data set besides its JSON."""
+
+    attributes: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # tag -> vr, offset, length
+    pixel: _Element | None = None
+
+
+class _FastScanner:
+    def __init__(self, data: bytes, uri: Callable[[str], str] | None) -> None:
+        self.data = data
+        self.uri = uri
+
+    def dataset(
+        self, pos: int, end: int, encoding: str, prefix: str, *, delimited: bool, top: _Top | None
+    ) -> tuple[dict[str, Any], int]:
+        """JSON of the data set from ``pos``: up to ``end``, or to its item delimiter when
+        ``delimited``; and the offset just past it."""
+        data = self.data
+        uri = self.uri
+        header = _HEADER
+        vr_str = _VR_STR
+        encoders = RAW_ENCODERS
+        out: dict[str, Any] = {}
+        last = 0x0002FFFF if top is not None else -1
+        charset_dependent_seen = False
+        creators: set[int] | None = None
+        while pos < end:
+            if pos + 8 > end:
+                raise _Fallback
+            group, element, vr_bytes, length = header(data, pos)
+            tag = group << 16 | element
+            if group == 0xFFFE:
+                if delimited and tag == _ITEM_DELIM and length == 0:
+                    return out, pos + 8
+                raise _Fallback
+            if tag <= last:
+                raise _Fallback
+            last = tag
+            vr = vr_str.get(vr_bytes)
+            if vr is None:
+                raise _Fallback
+            if vr_bytes in _LONG_VRS:
+                if pos + 12 > end:
+                    raise _Fallback
+                length = _LE_U32(data, pos + 8)[0]
+                value = pos + 12
+            else:
+                value = pos + 8
+            key = f"{tag:08X}"
+            if length == _UNDEFINED:
+                if vr == "SQ":
+                    charset_dependent_seen = True
+                    items, pos = self.sequence(value, end, None, encoding, prefix + key)
+                    if element and tag != _TRAILING_PADDING:
+                        out[key] = {"vr": vr, "Value": items} if items else {"vr": vr}
+                    continue
+                if tag not in PIXEL_DATA_TAGS or vr not in ("OB", "OW"):
+                    raise _Fallback
+                pos = self.encapsulated_end(value, end, tag)
+                if top is not None and top.pixel is None:
+                    top.pixel = _Element(tag, vr_bytes, _UNDEFINED, value, pos)
+                if uri is not None:
+                    out[key] = {"vr": vr, "BulkDataURI": uri(prefix + key)}
+                continue
+            stop = value + length
+            if stop > end:
+                raise _Fallback
+            pos = stop
+            if top is not None:
+                if tag in PIXEL_DATA_TAGS:
+                    if top.pixel is None:
+                        top.pixel = _Element(tag, vr_bytes, length, value, stop)
+                elif tag in _ATTRIBUTES:
+                    top.attributes[tag] = (vr, value, length)
+            if tag in PIXEL_DATA_TAGS:
+                if uri is not None:
+                    out[key] = {"vr": vr, "BulkDataURI": uri(prefix + key)}
+                continue
+            if vr == "SQ":
+                charset_dependent_seen = True
+                items, _ = self.sequence(value, stop, stop, encoding, prefix + key)
+                if element and tag != _TRAILING_PADDING:
+                    out[key] = {"vr": vr, "Value": items} if items else {"vr": vr}
+                continue
+            if tag == _CHARSET:
+                if vr != "CS" or charset_dependent_seen:
+                    raise _Fallback
+                encoding = _charset_codec(data[value:stop])
+            elif group & 1 and 0x10 <= element <= 0xFF:
+                creators = creators or set()
+                creators.add(tag)
+            if not element or tag == _TRAILING_PADDING:
+                continue  # group length, trailing padding: never in the JSON
+            if vr in _BINARY:
+                if length > _BULK_THRESHOLD:
+                    if uri is not None:
+                        out[key] = {"vr": vr, "BulkDataURI": uri(prefix + key)}
+                    continue
+                if vr == "UN" and _un_retyped(tag, creators):
+                    raise _Fallback
+            elif vr in CHARSET_VRS:
+                charset_dependent_seen = True
+            encoded = encoders[vr](vr, data[value:stop], encoding)
+            if tag in _LUT_DESCRIPTORS:
+                encoded = _lut_descriptor(encoded)
+            out[key] = encoded
+        if delimited or pos != end:
+            raise _Fallback
+        return out, pos
+
+    def sequence(
+        self, pos: int, end: int, stop: int | None, encoding: str, path: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Items of a sequence value from ``pos``: exactly up to ``stop`` (defined length) or to
+        the sequence delimiter (undefined length, ``stop`` None) within ``end``."""
+        data = self.data
+        items: list[dict[str, Any]] = []
+        while stop is None or pos < stop:
+            if pos + 8 > end:
+                raise _Fallback
+            tag = _LE_U16(data, pos)[0] << 16 | _LE_U16(data, pos + 2)[0]
+            length = _LE_U32(data, pos + 4)[0]
+            if tag == _SEQ_DELIM and stop is None and length == 0:
+                return items, pos + 8
+            if tag != _ITEM:
+                raise _Fallback
+            prefix = f"{path}/{len(items)}/"
+            if length == _UNDEFINED:
+                item, pos = self.dataset(pos + 8, end, encoding, prefix, delimited=True, top=None)
+            else:
+                item_end = pos + 8 + length
+                if item_end > end:
+                    raise _Fallback
+                item, pos = self.dataset(pos + 8, item_end, encoding, prefix, delimited=False, top=None)
+            items.append(item)
+        if pos != stop:
+            raise _Fallback
+        return items, pos
+
+    def encapsulated_end(self, pos: int, end: int, tag: int) -> int:
+        """End of an undefined-length pixel data value: defined-length items, then the sequence
+        delimiter (pydicom walks the same items to find it)."""
+        walker = _Walker(self.data, little=True, implicit=False)
+        items = walker.items(pos, end, tag, implicit=False, little=True)
+        delimiter = items[-1]
+        if any(item.length == _UNDEFINED for item in items[:-1]):
+            raise _Fallback
+        if _LE_U32(self.data, delimiter.value_offset - 4)[0] != 0:
+            raise _Fallback
+        return delimiter.end
+
+
+_TRAILING_PADDING = 0xFFFCFFFC
+
+
+def _charset_codec(raw: bytes) -> str:
+    """The codec of a (0008,0005) value, as pydicom's multi_string + convert_encodings see it."""
+    values = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    if len(values) != 1 or values[0] not in RAW_CHARSETS:
+        raise _Fallback
+    return RAW_CHARSETS[values[0]]
+
+
+def _lut_descriptor(encoded: dict[str, Any]) -> dict[str, Any]:
+    """pydicom's raw_element_value hook reads a negative first LUT descriptor value as unsigned."""
+    if encoded["vr"] not in ("US", "SS"):
+        raise _Fallback
+    values = encoded.get("Value")
+    if values is not None and len(values) > 1 and values[0] < 0:
+        values[0] += 65536
+    return encoded
+
+
+def _un_retyped(tag: int, creators: set[int] | None) -> bool:
+    """Would pydicom give this UN element another VR (``replace_un_with_known_vr``)?"""
+    group, element = tag >> 16, tag & 0xFFFF
+    if group & 1:
+        if 0x10 <= element <= 0xFF:
+            return True  # a private creator: LO
+        creator = group << 16 | element >> 8
+        return bool(element & 0xFF00) and creators is not None and creator in creators
+    try:
+        dictionary_VR(tag)
+    except KeyError:
+        return False
+    return True
+
+
+def _parse_fast(data: bytes, meta: _FileMeta, bulk_data_uri: Callable[[str], str] | None) -> ParsedInstance:
+    ts = meta.transfer_syntax
+    start = meta.end
+    if start + 8 > len(data) or data[start + 4 : start + 6] not in _VR_STR:
+        raise _Fallback  # no data set, or not explicit VR
+    top = _Top()
+    metadata, _ = _FastScanner(data, bulk_data_uri).dataset(
+        start, len(data), RAW_CHARSETS[""], "", delimited=False, top=top
+    )
+    attributes = top.attributes
+    uids = {keyword: _fast_uid(data, attributes.get(tag)) for keyword, tag in _REQUIRED}
+    disagreements = tuple(
+        keyword
+        for keyword, value, ds_keyword in (
+            ("MediaStorageSOPInstanceUID", meta.media_sop_instance, "SOPInstanceUID"),
+            ("MediaStorageSOPClassUID", meta.media_sop_class, "SOPClassUID"),
+        )
+        if value and value != uids[ds_keyword]
+    )
+    pixel = top.pixel
+    number_of_frames = 0
+    frames: tuple[FrameLocation, ...] = ()
+    if pixel is not None:
+        number_of_frames = _fast_number_of_frames(data, attributes.get(0x00280008))
+        if number_of_frames < 1:
+            raise _Fallback
+        if pixel.length == _UNDEFINED:
+            walker = _Walker(data, little=True, implicit=False)
+            eot = _fast_extended_offset_table(data, attributes.get(0x7FE00001))
+            frames = _encapsulated_frames(walker, pixel, number_of_frames, lambda: eot)
+        else:
+            image = (
+                _fast_us(data, attributes.get(0x00280010)),
+                _fast_us(data, attributes.get(0x00280011)),
+                _fast_us(data, attributes.get(0x00280002), 1),
+                _fast_us(data, attributes.get(0x00280100)),
+            )
+            photometric = _fast_photometric(data, attributes.get(0x00280004))
+            frames = _native_layout(pixel, number_of_frames, image, lambda: photometric, big_endian=False)
+    return ParsedInstance(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=ts,
+        number_of_frames=number_of_frames,
+        frames=frames,
+        metadata=metadata,
+        meta_disagreements=disagreements,
+        source=data,
+    )
+
+
+def _raw(data: bytes, attribute: tuple[str, int, int] | None, vr: str) -> bytes:
+    if attribute is None or attribute[0] != vr:
+        raise _Fallback
+    _, offset, length = attribute
+    return data[offset : offset + length]
+
+
+def _fast_uid(data: bytes, attribute: tuple[str, int, int] | None) -> str:
+    # As _required_uid on pydicom's value: exactly one valid UID, else the pydicom path refuses.
+    values = _raw(data, attribute, "UI").decode("latin-1").rstrip("\x00 ").split("\\")
+    if len(values) != 1:
+        raise _Fallback
+    uid = values[0].strip().strip("\x00 ")
+    if not is_valid_uid(uid):
+        raise _Fallback
+    return uid
+
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def _fast_number_of_frames(data: bytes, attribute: tuple[str, int, int] | None) -> int:
+    if attribute is None:
+        return 1
+    text = _raw(data, attribute, "IS").decode("latin-1").rstrip(" \x00")
+    if text == "":
+        return 1
+    if _DIGITS.fullmatch(text) is None:
+        raise _Fallback
+    return int(text)
+
+
+def _fast_us(data: bytes, attribute: tuple[str, int, int] | None, default: int | None = None) -> int:
+    if attribute is None and default is not None:
+        return default
+    raw = _raw(data, attribute, "US")
+    if len(raw) != 2:
+        raise _Fallback
+    return int(_LE_U16(raw, 0)[0])
+
+
+def _fast_photometric(data: bytes, attribute: tuple[str, int, int] | None) -> str:
+    if attribute is None:
+        return ""
+    text = _raw(data, attribute, "CS").decode("latin-1").rstrip(" \x00")
+    if "\\" in text:
+        raise _Fallback
+    return text.strip()
+
+
+def _fast_extended_offset_table(data: bytes, attribute: tuple[str, int, int] | None) -> list[int] | None:
+    if attribute is None:
+        return None
+    if attribute[0] not in ("OV", "OB"):
+        raise _Fallback
+    return _offsets_from_table(_raw(data, attribute, attribute[0]))
