@@ -363,6 +363,13 @@ def _sop_count(payload: Any, tag: str) -> int:
     return 0
 
 
+def settle_disk() -> None:
+    """Flush dirty pages left by earlier work (data generation, the previous target's store), so
+    no target's ingest pays for another's write-back."""
+    os.sync()
+    time.sleep(2)
+
+
 def phase_stow(target: Target, data: DataSet, batch: int, concurrency: int) -> dict[str, Any]:
     batches = [data.instances[i : i + batch] for i in range(0, len(data.instances), batch)]
 
@@ -837,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         res: dict[str, Any] = {"url": target.url}
         try:
             if "stow" in phases:
+                settle_disk()
                 res["stow"] = phase_stow(target, data, args.batch, args.concurrency)
                 s = res["stow"]
                 err.print(f"  [{target.name}] STOW: {s['instances_per_s']} inst/s, {s['mb_per_s']} MB/s, "

@@ -170,6 +170,7 @@ class Archive:
                 outcomes[pos] = self._failed(prepared.parsed, exc)
         if ready:
             try:
+                self.blobs.sync()  # objects durable before the index acknowledges them
                 self.index.add_instances([p.entry for _, p in ready])
                 for pos, p in ready:
                     outcomes[pos] = self._stored(p.parsed)

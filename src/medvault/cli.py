@@ -112,7 +112,7 @@ def _announce(opened: OpenHome, host: str, port: int, workers: int) -> None:
     settings = opened.settings
     if settings.server.plain_http:
         err.print(
-            "[bold red]WARNING[/]: plain HTTP is on ([server] plain_http = true). Only run this behind a "
+            "[bold red]WARNING[/]: plain HTTP is on (\\[server] plain_http = true). Only run this behind a "
             "TLS-terminating proxy on the same host."
         )
     scheme = "http" if settings.server.plain_http else "https"

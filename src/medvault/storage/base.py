@@ -14,6 +14,9 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes:
         """Return the whole object; ``NotFound`` if absent."""
 
+    def sync(self) -> None:
+        """Make every completed ``put`` durable; called once per batch before indexing."""
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """Return up to ``length`` bytes at ``offset`` (fewer at the end of the object)."""
 

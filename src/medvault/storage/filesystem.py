@@ -2,6 +2,10 @@
 
 Temp files live inside the objects folder and only ever hold ciphertext, so an interrupted write
 leaves no plaintext anywhere; leftover ``.tmp-*`` files are swept at start.
+
+Durability: ``put`` fsyncs the object's data (on the archive's writer threads, overlapped with
+parsing) before the rename; ``sync`` then fsyncs the directories whose entries the renames created,
+once per batch, before the index commit acknowledges anything.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 
 from medvault.errors import NotFound, StorageError
@@ -20,6 +25,8 @@ class FilesystemBlobStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.fsync = fsync
+        self._pending: set[Path] = set()
+        self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in root.glob("*/.tmp-*"):
             leftover.unlink(missing_ok=True)
@@ -48,6 +55,23 @@ class FilesystemBlobStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StorageError(f"could not write object: {exc.strerror}") from None
+        if self.fsync:
+            with self._lock:
+                self._pending.add(path.parent)
+
+    def sync(self) -> None:
+        """Make the directory entries of every ``put`` so far durable (data was fsynced in ``put``)."""
+        with self._lock:
+            directories, self._pending = self._pending, set()
+        try:
+            for directory in directories:
+                fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"could not make objects durable: {exc.strerror}") from None
 
     def get(self, key: str) -> bytes:
         try:
