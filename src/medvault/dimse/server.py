@@ -1,0 +1,845 @@
+"""The DIMSE listener: a pynetdicom SCP in front of the archive, over mutual TLS.
+
+Services: Verification (C-ECHO); Storage (C-STORE, every storage SOP class of pynetdicom, the
+transfer syntaxes in :data:`STORAGE_TRANSFER_SYNTAXES`); Query/Retrieve Patient Root and Study
+Root (C-FIND, C-GET, C-MOVE). Every operation goes through the one service layer
+(``Archive.store_batch`` / ``search`` / ``instances`` / ``read``); this module only translates.
+
+Per connection (in the connection's own thread, never in the accept loop):
+
+1. TLS handshake with a client certificate required (TLS 1.2+, AEAD suites);
+2. the certificate must be registered to a node (SHA-256 pin), unrevoked, unexpired — read from
+   the registry for every connection, so a revocation takes effect at once;
+3. the A-ASSOCIATE-RQ's calling AE title must be that node's, the called AE title ours;
+4. each operation is checked against the node's permissions (read again per operation).
+
+Refusals at step 1-2 happen before pynetdicom sees the connection (it would drop them silently);
+each one is audited with the peer address and the reason. Plain (non-TLS) DIMSE is off; it can be
+switched on per listener (``allow_plain=True``), with a warning in the log and an audit event.
+
+pynetdicom's process-wide settings are set when a listener starts: no PHI in logs
+(``LOG_REQUEST_IDENTIFIERS``/``LOG_RESPONSE_IDENTIFIERS`` off, no standard PDU/DIMSE dump
+handlers) and C-STORE data kept in memory (``STORE_RECV_CHUNKED_DATASET`` off: no temp files).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+import threading
+import weakref
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any, Final
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.transport import ThreadedAssociationServer
+
+from medvault.archive import Archive
+from medvault.dimse._tls import DimseTls, NodeTls, peer_text
+from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
+from medvault.dimse.permissions import DimseOperation, decide_node
+from medvault.dimse.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    TAG_SERIES_UID,
+    TAG_SOP_UID,
+    TAG_STUDY_UID,
+    FindQuery,
+    IdentifierError,
+    RetrieveKeys,
+    parse_find_identifier,
+    parse_retrieve_identifier,
+    patient_groups,
+    result_identifier,
+)
+from medvault.errors import ConfigError, IntegrityError, MedvaultError, NotFound, TooLarge
+from medvault.index.nodes import Node, NodeStore
+from medvault.index.store import Hit, InstanceRecord
+
+__all__ = [
+    "DEFAULT_AE_TITLE",
+    "DEFAULT_PORT",
+    "STORAGE_TRANSFER_SYNTAXES",
+    "DimseServer",
+    "start_dimse_server",
+]
+
+LOGGER = logging.getLogger("medvault.dimse")
+DEFAULT_PORT: Final = 2762  # IANA "dicom-tls"
+DEFAULT_AE_TITLE: Final = "MEDVAULT"
+HANDSHAKE_TIMEOUT_S: Final = 15.0
+
+#: Accepted for C-STORE; compressed data is stored exactly as received. Deflated data is inflated
+#: back to the Explicit VR Little Endian stream it was made from (lossless) before it is stored.
+STORAGE_TRANSFER_SYNTAXES: Final = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+]
+# SOP classes (PS3.4 Annex A / C); pynetdicom.sop_class builds these names dynamically.
+Verification: Final = "1.2.840.10008.1.1"
+PatientRootQueryRetrieveInformationModelFind: Final = "1.2.840.10008.5.1.4.1.2.1.1"
+PatientRootQueryRetrieveInformationModelMove: Final = "1.2.840.10008.5.1.4.1.2.1.2"
+PatientRootQueryRetrieveInformationModelGet: Final = "1.2.840.10008.5.1.4.1.2.1.3"
+StudyRootQueryRetrieveInformationModelFind: Final = "1.2.840.10008.5.1.4.1.2.2.1"
+StudyRootQueryRetrieveInformationModelMove: Final = "1.2.840.10008.5.1.4.1.2.2.2"
+StudyRootQueryRetrieveInformationModelGet: Final = "1.2.840.10008.5.1.4.1.2.2.3"
+_QR_TRANSFER_SYNTAXES: Final = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+_FIND_MODELS: Final = {
+    PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelFind: STUDY_ROOT,
+}
+_GET_MODELS: Final = {
+    PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
+}
+_MOVE_MODELS: Final = {
+    PatientRootQueryRetrieveInformationModelMove: PATIENT_ROOT,
+    StudyRootQueryRetrieveInformationModelMove: STUDY_ROOT,
+}
+
+STATUS_SUCCESS: Final = 0x0000
+STATUS_PENDING: Final = 0xFF00
+STATUS_CANCEL: Final = 0xFE00
+STATUS_NOT_AUTHORIZED: Final = 0x0124  # PS3.7 C.5: Refused: Not Authorized
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+STATUS_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+STATUS_CANNOT_UNDERSTAND: Final = 0xC000
+STATUS_PROCESSING_FAILURE: Final = 0x0110
+# A pending C-GET/C-MOVE sub-operation that could not be read: pynetdicom counts it as failed.
+_UNREADABLE: Final = "unreadable"
+
+
+def _outcome(status: int) -> Outcome:
+    if status == STATUS_SUCCESS:
+        return "success"
+    if status in (0x0001, 0x0107, 0x0116) or status & 0xF000 == 0xB000:
+        return "warning"
+    if status == STATUS_NOT_AUTHORIZED:
+        return "denied"
+    return "failure"
+
+
+def _configure_pynetdicom() -> None:
+    """pynetdicom's settings are process-wide: the safe ones, every time a listener starts."""
+    _config.LOG_HANDLER_LEVEL = "none"  # no PDU / DIMSE dumps (they include identifiers)
+    _config.LOG_REQUEST_IDENTIFIERS = False  # C-FIND/GET/MOVE identifiers hold PHI
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.STORE_RECV_CHUNKED_DATASET = False  # in memory: no plaintext temp files
+    _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+@dataclass
+class _Session:
+    node: str
+    peer: str
+    calling_ae: str
+    pending: dict[tuple[str, int], dict[str, str | int]] = field(default_factory=dict)
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server with the TLS handshake moved into the connection's thread, where
+    failures are seen (and audited) instead of being dropped by the accept loop."""
+
+    listener: DimseServer
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        raw, address = self.socket.accept()
+        return raw, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            admitted = self.listener._admit(request, client_address)
+        except Exception:
+            LOGGER.exception("DIMSE connection from %s failed before association", peer_text(client_address))
+            admitted = None
+        if admitted is None:
+            _close(request)
+            return
+        super().process_request_thread(admitted, client_address)
+
+
+class DimseServer:
+    """A running DIMSE listener. Stop it with :meth:`shutdown` (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        *,
+        archive: Archive,
+        nodes: NodeStore,
+        tls: DimseTls | None,
+        audit: AuditSink,
+        host: str,
+        port: int,
+        ae_title: str,
+        allow_plain: bool,
+        max_associations: int,
+    ) -> None:
+        if tls is None and not allow_plain:
+            raise ConfigError(
+                "the DIMSE listener needs TLS material",
+                hint="Plain DIMSE is only for a legacy modality on an isolated network: allow_plain=True.",
+            )
+        self.archive = archive
+        self.nodes = nodes
+        self.ae_title = ae_title
+        self.plain = tls is None
+        self._audit = audit
+        self._node_tls = NodeTls(tls, nodes) if tls is not None else None
+        self._admitted: weakref.WeakKeyDictionary[socket.socket, Node] = weakref.WeakKeyDictionary()
+        self._sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+        _configure_pynetdicom()
+        ae = AE(ae_title=ae_title)
+        ae.require_called_aet = True
+        ae.maximum_associations = max_associations
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 120
+        ae.network_timeout = 120
+        ae.add_supported_context(Verification, _QR_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # scp_role/scu_role: a C-GET requestor may take the Storage SCP role for sub-operations.
+            ae.add_supported_context(
+                str(cx.abstract_syntax), STORAGE_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
+            )
+        for model in (*_FIND_MODELS, *_GET_MODELS, *_MOVE_MODELS):
+            ae.add_supported_context(model, _QR_TRANSFER_SYNTAXES)
+        self._ae = ae
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_association("accepted", "success")),
+            (evt.EVT_REJECTED, self._on_association("rejected", "denied")),
+            (evt.EVT_RELEASED, self._on_association("released", "info")),
+            (evt.EVT_ABORTED, self._on_association("aborted", "warning")),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_DIMSE_SENT, self._on_dimse_sent),
+        ]
+        server = ae.make_server((host, port), ae_title=ae_title, evt_handlers=handlers, server_class=_Server)
+        assert isinstance(server, _Server)
+        server.listener = self
+        self._server = server
+        ae._servers.append(server)
+        self.host, self.port = server.server_address[0], int(server.server_address[1])
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="medvault-dimse", daemon=True
+        )
+        self._thread.start()
+        mode = "plain TCP" if self.plain else "mutual TLS"
+        self._emit(
+            DimseAuditEvent(
+                "dimse.listener.start",
+                "info",
+                details={"address": f"{self.host}:{self.port}", "mode": mode},
+                called_ae=ae_title,
+            )
+        )
+        if self.plain:
+            LOGGER.warning(
+                "PLAIN DIMSE is ON for %s:%d (AE %s): images and identifiers cross the network "
+                "unencrypted and nodes are identified only by AE title and address. Use it only for a "
+                "legacy modality on an isolated network.",
+                self.host,
+                self.port,
+                ae_title,
+            )
+            self._emit(
+                DimseAuditEvent(
+                    "dimse.plain_enabled",
+                    "warning",
+                    called_ae=ae_title,
+                    details={"address": f"{self.host}:{self.port}"},
+                    reason="plain DIMSE explicitly enabled for this listener",
+                )
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop accepting, abort running associations, close the socket."""
+        self._server.shutdown()
+        for assoc in list(self._ae.active_associations):
+            assoc.abort()
+        self._thread.join(timeout=10)
+        self._emit(DimseAuditEvent("dimse.listener.stop", "info", called_ae=self.ae_title))
+
+    def __enter__(self) -> DimseServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def _emit(self, event: DimseAuditEvent) -> None:
+        try:
+            self._audit(event)
+        except Exception:
+            LOGGER.exception("the DIMSE audit callback failed for %s", event.action)
+
+    # -- connection admission --------------------------------------------------------------------
+
+    def _refuse(self, peer: str, reason: str, node: Node | None = None) -> None:
+        self._emit(
+            DimseAuditEvent(
+                "dimse.tls", "refused", peer=peer, node=node.name if node else None, reason=reason
+            )
+        )
+
+    def _admit(self, raw: socket.socket, address: Any) -> socket.socket | None:
+        """TLS handshake + registry check; the socket to hand to pynetdicom, or None (refused)."""
+        if self._node_tls is None:
+            return raw
+        peer = peer_text(address)
+        raw.settimeout(HANDSHAKE_TIMEOUT_S)
+        ctx = self._node_tls.server_context()
+        conn = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)  # takes over the fd
+        reason: str | None = None
+        try:
+            conn.do_handshake()
+        except ssl.SSLCertVerificationError as exc:
+            reason = f"TLS handshake failed: {exc.verify_message or exc.reason}"
+        except ssl.SSLError as exc:
+            reason = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
+        except OSError as exc:
+            reason = f"TLS handshake failed: {type(exc).__name__}"
+        if reason is not None:
+            self._refuse(peer, reason)
+            _close(conn)
+            return None
+        check = self._node_tls.check_peer(conn.getpeercert(binary_form=True), now=datetime.now(UTC))
+        if check.node is None or check.reason is not None:
+            self._refuse(peer, check.reason or "unknown certificate", check.node)
+            _close(conn)
+            return None
+        conn.settimeout(None)
+        with self._lock:
+            self._admitted[conn] = check.node
+        return conn
+
+    # -- association -----------------------------------------------------------------------------
+
+    def _peer(self, assoc: Any) -> str:
+        try:
+            return peer_text(assoc.dul.socket.socket.getpeername())
+        except (AttributeError, OSError):
+            return "unknown"
+
+    def _on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling = str(rq.calling_ae_title).strip()
+        called = str(rq.called_ae_title).strip()
+        peer = self._peer(assoc)
+        node: Node | None
+        if self._node_tls is not None:
+            with self._lock:
+                node = self._admitted.pop(assoc.dul.socket.socket, None)
+            if node is not None:
+                try:
+                    node = self.nodes.get(node.name)  # fresh: revocation between handshake and now
+                except NotFound:
+                    node = None
+        else:
+            host = peer.rsplit(":", 1)[0]
+            node = next(
+                (n for n in self.nodes.get_by_ae_title(calling) if n.host == host and not n.revoked), None
+            )
+        reason: str | None = None
+        if node is None:
+            reason = "no registered node for this connection"
+        elif node.revoked:
+            reason = f"node {node.name} is revoked"
+        elif calling != node.ae_title:
+            reason = f"calling AE title {calling!r} is not node {node.name}'s ({node.ae_title!r})"
+        if reason is not None:
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
+            self._emit(
+                DimseAuditEvent(
+                    "dimse.association",
+                    "denied",
+                    peer=peer,
+                    node=node.name if node else None,
+                    calling_ae=calling,
+                    called_ae=called,
+                    reason=reason,
+                    details={"event": "rejected"},
+                )
+            )
+            return
+        assert node is not None
+        self._sessions[assoc] = _Session(node=node.name, peer=peer, calling_ae=calling)
+
+    def _on_association(self, name: str, outcome: Outcome) -> Any:
+        def handler(event: Any) -> None:
+            session = self._sessions.get(event.assoc)
+            if session is None and name != "rejected":
+                return  # refused in _on_requested: already audited
+            rq = event.assoc.requestor.primitive
+            self._emit(
+                DimseAuditEvent(
+                    "dimse.association",
+                    outcome,
+                    peer=session.peer if session else self._peer(event.assoc),
+                    node=session.node if session else None,
+                    calling_ae=str(rq.calling_ae_title).strip() if rq is not None else None,
+                    called_ae=self.ae_title,
+                    details={"event": name},
+                )
+            )
+
+        return handler
+
+    def _authorize(self, event: Any, operation: DimseOperation) -> tuple[_Session | None, str | None]:
+        """(session, None) when allowed; (session or None, reason) when not. Audits denials."""
+        session = self._sessions.get(event.assoc)
+        node: Node | None = None
+        if session is not None:
+            try:
+                node = self.nodes.get(session.node)
+            except NotFound:
+                node = None
+        decision = decide_node(node, operation, now=datetime.now(UTC))
+        if not decision.allowed:
+            self._emit(
+                DimseAuditEvent(
+                    f"dimse.{operation}",
+                    "denied",
+                    peer=session.peer if session else None,
+                    node=session.node if session else None,
+                    calling_ae=session.calling_ae if session else None,
+                    called_ae=self.ae_title,
+                    reason=decision.reason,
+                )
+            )
+            return session, decision.reason
+        return session, None
+
+    def _op_event(
+        self,
+        session: _Session,
+        action: str,
+        status: int,
+        details: dict[str, str | int],
+        reason: str | None = None,
+    ) -> None:
+        self._emit(
+            DimseAuditEvent(
+                action,
+                _outcome(status),
+                peer=session.peer,
+                node=session.node,
+                calling_ae=session.calling_ae,
+                called_ae=self.ae_title,
+                reason=reason,
+                details={**details, "status": f"0x{status:04X}"},
+            )
+        )
+
+    # -- C-ECHO ----------------------------------------------------------------------------------
+
+    def _on_echo(self, event: Any) -> int:
+        session, denied = self._authorize(event, DimseOperation.ECHO)
+        if denied or session is None:
+            return STATUS_NOT_AUTHORIZED
+        self._op_event(session, "dimse.echo", STATUS_SUCCESS, {})
+        return STATUS_SUCCESS
+
+    # -- C-STORE ---------------------------------------------------------------------------------
+
+    def _received(self, event: Any) -> bytes:
+        """The instance as a Part 10 file, its data set bytes exactly as received (deflate undone)."""
+        if event.context.transfer_syntax != DeflatedExplicitVRLittleEndian:
+            data: bytes = event.encoded_dataset()
+            return data
+        limit = self.archive.max_instance_bytes
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(event.encoded_dataset(include_meta=False), limit + 1)
+        except zlib.error:
+            raise IdentifierError(
+                "the deflated data set cannot be inflated", STATUS_CANNOT_UNDERSTAND
+            ) from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise TooLarge(f"inflated instance exceeds the limit of {limit} bytes")
+        meta = event.file_meta
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + body
+
+    def _on_store(self, event: Any) -> int:
+        session, denied = self._authorize(event, DimseOperation.STORE)
+        if denied or session is None:
+            return STATUS_NOT_AUTHORIZED
+        req = event.request
+        details: dict[str, str | int] = {
+            "sop_class_uid": str(req.AffectedSOPClassUID),
+            "sop_instance_uid": str(req.AffectedSOPInstanceUID),
+            "transfer_syntax": str(event.context.transfer_syntax),
+        }
+        try:
+            data = self._received(event)
+            mismatch = _sop_mismatch(data, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
+            if mismatch:
+                self._op_event(session, "dimse.store", STATUS_DOES_NOT_MATCH_SOP_CLASS, details, mismatch)
+                return STATUS_DOES_NOT_MATCH_SOP_CLASS
+            outcome = self.archive.store_batch([data])[0]
+        except IdentifierError as exc:
+            self._op_event(session, "dimse.store", exc.status, details, str(exc))
+            return exc.status
+        except MedvaultError as exc:
+            self._op_event(session, "dimse.store", exc.failure_reason, details, exc.message)
+            return exc.failure_reason
+        except OSError as exc:
+            status = (
+                STATUS_OUT_OF_RESOURCES
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else STATUS_PROCESSING_FAILURE
+            )
+            self._op_event(session, "dimse.store", status, details, f"storage error: {type(exc).__name__}")
+            return status
+        if outcome.study_uid:
+            details["study_uid"] = outcome.study_uid
+        details["result"] = outcome.status
+        if outcome.status == "failed":
+            error = outcome.error or MedvaultError("not stored")
+            self._op_event(session, "dimse.store", error.failure_reason, details, error.message)
+            return error.failure_reason
+        self._op_event(session, "dimse.store", STATUS_SUCCESS, details)
+        return STATUS_SUCCESS
+
+    # -- C-FIND ----------------------------------------------------------------------------------
+
+    def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        session, denied = self._authorize(event, DimseOperation.FIND)
+        if denied or session is None:
+            yield STATUS_NOT_AUTHORIZED, None
+            return
+        msg_id = int(event.request.MessageID)
+        model = _FIND_MODELS.get(str(event.request.AffectedSOPClassUID), STUDY_ROOT)
+        details: dict[str, str | int] = {"model": model}
+        session.pending[("find", msg_id)] = details
+        try:
+            query = parse_find_identifier(event.identifier, model)
+        except IdentifierError as exc:
+            details["reason"] = str(exc)
+            yield exc.status, None
+            return
+        except Exception:  # an identifier pydicom cannot decode
+            details["reason"] = "the identifier cannot be decoded"
+            yield STATUS_CANNOT_UNDERSTAND, None
+            return
+        details["level"] = query.qr_level
+        try:
+            results = self._find_results(query)
+        except MedvaultError as exc:
+            details["reason"] = exc.message
+            yield exc.failure_reason, None
+            return
+        details["matches"] = 0
+        for ds in results:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            details["matches"] = int(details["matches"]) + 1
+            yield STATUS_PENDING, ds
+
+    def _find_results(self, query: FindQuery) -> Iterator[Dataset]:
+        hits = self.archive.search(
+            query.level, query.criteria, study_uid=query.study_uid, series_uid=query.series_uid
+        )
+        wanted = set(query.return_tags)
+        index = self.archive.index
+        if query.qr_level == "PATIENT":
+            groups = patient_groups(hits)
+            counts = (
+                index.study_counts(sorted({h.study_id for h in hits}))
+                if wanted & {"00201202", "00201204"}
+                else {}
+            )
+            for group in groups:
+                computed: dict[str, dict[str, Any]] = {
+                    "00201200": {"vr": "IS", "Value": [len(group)]},
+                }
+                if counts:
+                    computed["00201202"] = {
+                        "vr": "IS",
+                        "Value": [sum(counts[h.study_id].series for h in group)],
+                    }
+                    computed["00201204"] = {
+                        "vr": "IS",
+                        "Value": [sum(counts[h.study_id].instances for h in group)],
+                    }
+                yield self._answer(query, group[0], computed)
+            return
+        study_counts = (
+            index.study_counts(sorted({h.study_id for h in hits}))
+            if query.level == "study" and wanted & {"00201206", "00201208", "00080061"}
+            else {}
+        )
+        series_counts = (
+            index.series_instance_counts(sorted({h.series_id for h in hits if h.series_id is not None}))
+            if query.level == "series" and "00201209" in wanted
+            else {}
+        )
+        for hit in hits:
+            computed = {}
+            if study_counts:
+                c = study_counts[hit.study_id]
+                computed["00201206"] = {"vr": "IS", "Value": [c.series]}
+                computed["00201208"] = {"vr": "IS", "Value": [c.instances]}
+                computed["00080061"] = {"vr": "CS", "Value": c.modalities} if c.modalities else {"vr": "CS"}
+            if series_counts and hit.series_id is not None:
+                computed["00201209"] = {"vr": "IS", "Value": [series_counts.get(hit.series_id, 0)]}
+            yield self._answer(query, hit, computed)
+
+    def _answer(self, query: FindQuery, hit: Hit, computed: dict[str, dict[str, Any]]) -> Dataset:
+        return result_identifier(query, hit.attributes, computed=computed, retrieve_ae_title=self.ae_title)
+
+    # -- C-GET / C-MOVE --------------------------------------------------------------------------
+
+    def _records(self, keys: RetrieveKeys) -> list[InstanceRecord]:
+        records: list[InstanceRecord] = []
+        seen: set[str] = set()
+        for hit in self.archive.search(keys.level, keys.criteria):
+            attrs = hit.attributes
+            study = _uid(attrs, TAG_STUDY_UID)
+            series = _uid(attrs, TAG_SERIES_UID) if keys.level != "study" else None
+            sop = _uid(attrs, TAG_SOP_UID) if keys.level == "instance" else None
+            if study is None:
+                continue
+            try:
+                found = self.archive.instances(study, series, sop)
+            except NotFound:
+                continue
+            for record in found:
+                if record.sop_uid not in seen:
+                    seen.add(record.sop_uid)
+                    records.append(record)
+        return records
+
+    def _datasets(self, event: Any, records: list[InstanceRecord]) -> Iterator[tuple[int, Any]]:
+        for record in records:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            try:
+                data = self.archive.read(record)
+            except (IntegrityError, MedvaultError, OSError):
+                LOGGER.error("instance %s could not be read for a DIMSE retrieve", record.sop_uid)
+                yield STATUS_PENDING, _UNREADABLE
+                continue
+            yield STATUS_PENDING, dcmread(BytesIO(data))
+
+    def _retrieve_keys(self, event: Any, models: dict[str, str]) -> RetrieveKeys:
+        model = models.get(str(event.request.AffectedSOPClassUID), STUDY_ROOT)
+        try:
+            identifier = event.identifier
+        except Exception:
+            raise IdentifierError("the identifier cannot be decoded", STATUS_CANNOT_UNDERSTAND) from None
+        return parse_retrieve_identifier(identifier, model)
+
+    def _on_get(self, event: Any) -> Iterator[Any]:
+        session, denied = self._authorize(event, DimseOperation.GET)
+        if denied or session is None:
+            yield 1
+            yield STATUS_NOT_AUTHORIZED, None
+            return
+        details: dict[str, str | int] = {}
+        session.pending[("get", int(event.request.MessageID))] = details
+        try:
+            keys = self._retrieve_keys(event, _GET_MODELS)
+            details["level"] = keys.qr_level
+            records = self._records(keys)
+        except IdentifierError as exc:
+            details["reason"] = str(exc)
+            yield 1
+            yield exc.status, None
+            return
+        except MedvaultError as exc:
+            details["reason"] = exc.message
+            yield 1
+            yield exc.failure_reason, None
+            return
+        details["instances"] = len(records)
+        yield len(records)
+        yield from self._datasets(event, records)
+
+    def _on_move(self, event: Any) -> Iterator[Any]:
+        session, denied = self._authorize(event, DimseOperation.MOVE)
+        if denied or session is None:
+            raise PermissionError(denied or "not authorized")  # pynetdicom answers 0xC514 (failure)
+        destination_ae = str(event.move_destination or "").strip()
+        details: dict[str, str | int] = {"destination_ae": destination_ae}
+        session.pending[("move", int(event.request.MessageID))] = details
+        try:
+            keys = self._retrieve_keys(event, _MOVE_MODELS)
+        except IdentifierError as exc:
+            details["reason"] = str(exc)
+            raise  # pynetdicom answers 0xC514 (unable to process): a destination must come first
+        details["level"] = keys.qr_level
+        now = datetime.now(UTC)
+        destination = next(
+            (n for n in self.nodes.get_by_ae_title(destination_ae) if not n.revoked and not n.expired(now)),
+            None,
+        )
+        if destination is None:
+            details["reason"] = "move destination is not an active registered node"
+            yield None, None  # pynetdicom answers 0xA801 (move destination unknown)
+            return
+        details["destination"] = destination.name
+        records = self._records(keys)
+        details["instances"] = len(records)
+        kwargs: dict[str, Any] = {"contexts": _contexts_for(records)}
+        if self._node_tls is not None:
+            kwargs["tls_args"] = (self._node_tls.client_context(destination), None)
+        yield destination.host, destination.port, kwargs
+        yield len(records)
+        yield from self._datasets(event, records)
+
+    # -- outcome of FIND / GET / MOVE ---------------------------------------------------------------
+
+    def _on_dimse_sent(self, event: Any) -> None:
+        name = type(event.message).__name__
+        op = {"C_FIND_RSP": "find", "C_GET_RSP": "get", "C_MOVE_RSP": "move"}.get(name)
+        if op is None:
+            return
+        cs = event.message.command_set
+        status = int(cs.Status)
+        if status in (STATUS_PENDING, 0xFF01):
+            return
+        session = self._sessions.get(event.assoc)
+        if session is None:
+            return
+        details = session.pending.pop((op, int(cs.MessageIDBeingRespondedTo)), {})
+        for key, attr in (
+            ("completed", "NumberOfCompletedSuboperations"),
+            ("failed", "NumberOfFailedSuboperations"),
+            ("warning", "NumberOfWarningSuboperations"),
+        ):
+            value = cs.get(attr)
+            if value is not None and op != "find":
+                details[key] = int(value)
+        reason = details.pop("reason", None)
+        self._op_event(session, f"dimse.{op}", status, details, str(reason) if reason is not None else None)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _uid(attrs: dict[str, Any], tag: str) -> str | None:
+    element = attrs.get(tag) or {}
+    values = element.get("Value") or []
+    return str(values[0]) if values else None
+
+
+def _contexts_for(records: list[InstanceRecord]) -> list[Any]:
+    """Presentation contexts to propose to a C-MOVE destination: each SOP class with its stored
+    transfer syntaxes (sent as stored, never transcoded) and the two uncompressed ones."""
+    by_class: dict[str, list[str]] = {}
+    for record in records:
+        syntaxes = by_class.setdefault(record.sop_class_uid, [])
+        if record.transfer_syntax not in syntaxes:
+            syntaxes.append(record.transfer_syntax)
+    contexts = []
+    for sop_class, syntaxes in list(by_class.items())[:128]:
+        for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if ts not in syntaxes:
+                syntaxes.append(ts)
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts or [build_context(Verification)]
+
+
+def _sop_mismatch(data: bytes, sop_class: str, sop_instance: str) -> str | None:
+    """Why the data set disagrees with the C-STORE command's SOP UIDs, or None (also None when it
+    cannot be read: the archive's parser then words the refusal)."""
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
+    except Exception:
+        return None
+    found_class = str(ds.get("SOPClassUID", "")).strip("\x00 ")
+    found_instance = str(ds.get("SOPInstanceUID", "")).strip("\x00 ")
+    if found_class and found_class != sop_class:
+        return "the data set's SOPClassUID differs from the C-STORE Affected SOP Class UID"
+    if found_instance and found_instance != sop_instance:
+        return "the data set's SOPInstanceUID differs from the C-STORE Affected SOP Instance UID"
+    return None
+
+
+def start_dimse_server(
+    *,
+    archive: Archive,
+    nodes: NodeStore,
+    tls: DimseTls | None,
+    audit: AuditSink,
+    host: str = "0.0.0.0",  # noqa: S104 - a listener for modalities on the network, TLS-only by default
+    port: int = DEFAULT_PORT,
+    ae_title: str = DEFAULT_AE_TITLE,
+    allow_plain: bool = False,
+    max_associations: int = 16,
+) -> DimseServer:
+    """Start the DIMSE listener in a background thread and return its handle (``.shutdown()``).
+
+    ``tls=None`` is refused unless ``allow_plain=True`` (legacy modality, isolated network: a
+    warning is logged and a ``dimse.plain_enabled`` audit event emitted). ``port=0`` picks a free
+    port (read it back from ``.port``).
+    """
+    return DimseServer(
+        archive=archive,
+        nodes=nodes,
+        tls=tls,
+        audit=audit,
+        host=host,
+        port=port,
+        ae_title=ae_title,
+        allow_plain=allow_plain,
+        max_associations=max_associations,
+    )
