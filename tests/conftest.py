@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from medvault.crypto.keyring import TEST_SCRYPT
-from medvault.home import init_home
+from medvault.home import init_home, open_home
 
 PASSPHRASE = "test passphrase, not for production"
 
@@ -35,7 +35,9 @@ def free_port() -> int:
 @dataclass
 class Home:
     root: Path
-    admin_key: str
+    admin_key: str  # an API key with the archivist role (store, read, delete) for image work
+    admin_password: str = ""  # the first administrator's one-time password (users, keys, nodes)
+    admin_totp_secret: str = ""
     passphrase: str = PASSPHRASE
 
     @property
@@ -78,8 +80,14 @@ class Home:
 
 
 def make_home(root: Path) -> Home:
-    key = init_home(root, PASSPHRASE, scrypt=TEST_SCRYPT)
-    return Home(root, key)
+    created = init_home(root, PASSPHRASE, scrypt=TEST_SCRYPT)
+    opened = open_home(root, PASSPHRASE)
+    try:
+        key = opened.api_keys.create("tests", role="archivist")
+    finally:
+        opened.close()
+    assert created.password is not None and created.enrolment is not None
+    return Home(root, key, created.password, created.enrolment.secret)
 
 
 @pytest.fixture

@@ -259,6 +259,7 @@ class Archive:
             instance_doc=level_attributes(meta, "instance"),
             metadata=meta,
             wrapped_key=wrapped,
+            department=_text_or_none(meta.get("00081040")),
         )
         return _Prepared(parsed=parsed, entry=entry, data_key=data_key)
 
@@ -273,9 +274,16 @@ class Archive:
         series_uid: str | None = None,
         offset: int = 0,
         limit: int | None = None,
+        visible: Callable[[int], bool] | None = None,
     ) -> list[Hit]:
         return self.index.search(
-            level, criteria, study_uid=study_uid, series_uid=series_uid, offset=offset, limit=limit
+            level,
+            criteria,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            offset=offset,
+            limit=limit,
+            visible=visible,
         )
 
     def instances(

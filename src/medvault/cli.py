@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -22,9 +23,12 @@ from rich.table import Table
 
 from medvault import __version__
 from medvault.access.policy import ROLES
+from medvault.access.totp import Enrolment
+from medvault.api.admin import grant_kind, grant_value, referring_identity, roles_from
 from medvault.archive import Archive, StoreOutcome
 from medvault.errors import ConfigError, MedvaultError
 from medvault.home import OpenHome, init_home, open_home
+from medvault.index.users import NewUser
 
 app = typer.Typer(
     name="medvault",
@@ -32,8 +36,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+users_app = typer.Typer(help="People: accounts, roles, scopes, MFA, training.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key-encryption keys: status and online rotation.", no_args_is_help=True)
 apikeys_app = typer.Typer(help="API keys for scripts, viewers and services.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(apikeys_app, name="apikeys")
 
@@ -90,9 +96,11 @@ def init(
         list[str] | None, typer.Option("--ip", help="Extra IP address for the certificate (repeatable).")
     ] = None,
 ) -> None:
-    """Create a home folder: sealed keyring, own CA and HTTPS certificate, empty index, admin API key.
+    """Create a home folder: sealed keyring, own CA and HTTPS certificate, empty index, and the first
+    administrator (its one-time password and TOTP enrolment are shown once).
 
-    The admin API key is printed once, alone on the last line.
+    The administrator manages users, keys and nodes and sees no images; give people clinical roles
+    with `medvault users add`, and scripts an API key with `medvault apikeys create`.
     """
     if generate_passphrase:
         passphrase = secrets.token_urlsafe(24)
@@ -103,9 +111,34 @@ def init(
         err.print(passphrase, highlight=False)
     else:
         passphrase = get_passphrase(passphrase_file, confirm=True)
-    key = init_home(home, passphrase, hostnames=hostname or (), ip_addresses=ip or ())
-    out.print(f"Created {home} (CA to trust: {home / 'tls' / 'ca.crt'}). Admin API key, shown once:")
-    print(key)
+    created = init_home(home, passphrase, hostnames=hostname or (), ip_addresses=ip or ())
+    out.print(f"Created {home} (CA to trust: {home / 'tls' / 'ca.crt'}).")
+    _show_new_user(created, home)
+
+
+def _show_new_user(created: NewUser, home: Path) -> None:
+    """The one-time secrets of a new account: shown once, never stored in clear."""
+    out.print(f"User [bold]{created.user.name}[/] (roles: {', '.join(sorted(created.user.roles))})")
+    if created.password:
+        out.print(
+            f"  one-time password (must be changed at first sign-in): {created.password}", highlight=False
+        )
+    if created.enrolment is not None:
+        _show_enrolment(created.enrolment, home, created.user.name)
+
+
+def _show_enrolment(enrolment: Enrolment, home: Path, name: str) -> None:
+    out.print("  scan this with an authenticator app (TOTP):")
+    print(enrolment.qr_text)
+    out.print(f"  or enter: {enrolment.uri}", highlight=False, soft_wrap=True)
+    qr = home / "logs" / f"totp-{name}.png"
+    fd = os.open(qr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(enrolment.qr_png)
+    out.print(f"  QR code image: {qr} (delete it after enrolling)")
+    out.print("  recovery codes (each works once; keep them offline):")
+    for code in enrolment.recovery_codes:
+        print(f"    {code}")
 
 
 def _announce(opened: OpenHome, host: str, port: int, workers: int) -> None:
@@ -277,6 +310,186 @@ def keys_rotate(home: HomeOption = Path("medvault-home"), passphrase_file: Passp
     out.print(f"New KEK local-{version} is current; {done} data keys rewrapped.")
 
 
+# -- users -----------------------------------------------------------------------------------------
+
+NameArg = Annotated[str, typer.Argument(help="The user name.")]
+
+
+@users_app.command("add")
+def users_add(
+    name: NameArg,
+    roles: Annotated[str, typer.Option(help="Comma-separated roles, e.g. radiologist or auditor.")],
+    training: Annotated[str | None, typer.Option(help="Privacy training valid until YYYY-MM-DD.")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Add a person: prints a one-time password, the TOTP enrolment and recovery codes once."""
+    opened = _open(home, passphrase_file)
+    try:
+        created = opened.users.add_user(
+            name,
+            roles=roles_from(roles),
+            now=datetime.now(UTC),
+            training_expires=date.fromisoformat(training) if training else None,
+        )
+        _show_new_user(created, home)
+    finally:
+        opened.close()
+
+
+@users_app.command("list")
+def users_list(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """List accounts (never secrets)."""
+    opened = _open(home, passphrase_file)
+    try:
+        users = opened.users.list()
+    finally:
+        opened.close()
+    table = Table(title="users")
+    for column in ("name", "roles", "MFA", "training until", "state"):
+        table.add_column(column)
+    for u in users:
+        table.add_row(
+            u.name,
+            ", ".join(sorted(u.roles)),
+            "enrolled" if u.mfa_enrolled else "not enrolled",
+            u.training_expires.isoformat() if u.training_expires else "none",
+            "disabled" if u.disabled else "active",
+        )
+    out.print(table)
+
+
+def _user_action(home: Path, passphrase_file: Path | None, action: Callable[[OpenHome], str]) -> None:
+    opened = _open(home, passphrase_file)
+    try:
+        out.print(action(opened), highlight=False)
+    finally:
+        opened.close()
+
+
+@users_app.command("disable")
+def users_disable(
+    name: NameArg, home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
+) -> None:
+    """Disable an account; its sessions end at once."""
+    _user_action(
+        home, passphrase_file, lambda o: f"{o.users.disable(name, now=datetime.now(UTC)).name} disabled"
+    )
+
+
+@users_app.command("enable")
+def users_enable(
+    name: NameArg, home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
+) -> None:
+    """Enable a disabled account."""
+    _user_action(home, passphrase_file, lambda o: f"{o.users.enable(name).name} enabled")
+
+
+@users_app.command("reset-mfa")
+def users_reset_mfa(
+    name: NameArg, home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
+) -> None:
+    """New TOTP secret and recovery codes (shown once); ends the user's sessions."""
+    opened = _open(home, passphrase_file)
+    try:
+        _show_enrolment(opened.users.reset_mfa(name, now=datetime.now(UTC)), home, name)
+    finally:
+        opened.close()
+
+
+@users_app.command("set-roles")
+def users_set_roles(
+    name: NameArg,
+    roles: Annotated[str, typer.Argument(help="Comma-separated roles.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Replace a user's roles."""
+    _user_action(
+        home,
+        passphrase_file,
+        lambda o: f"{name}: {', '.join(sorted(o.users.set_roles(name, roles_from(roles)).roles))}",
+    )
+
+
+@users_app.command("grant")
+def users_grant(
+    name: NameArg,
+    kind: Annotated[str, typer.Argument(help="patient (by PatientID), study (UID), department, or site.")],
+    value: Annotated[str, typer.Argument(help="The PatientID, StudyInstanceUID, department name, or *.")],
+    days: Annotated[int | None, typer.Option(min=1, help="The grant expires after this many days.")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Give a user access to a patient's studies, one study, or a department's studies."""
+
+    def act(o: OpenHome) -> str:
+        k = grant_kind(kind)
+        expires = datetime.now(UTC) + timedelta(days=days) if days else None
+        o.users.grant(
+            name,
+            kind=k,
+            value=grant_value(o.archive.index, k, value),
+            now=datetime.now(UTC),
+            expires_at=expires,
+        )
+        return f"granted {k} access to {name}"
+
+    _user_action(home, passphrase_file, act)
+
+
+@users_app.command("revoke")
+def users_revoke(
+    name: NameArg,
+    kind: Annotated[str, typer.Argument(help="patient, study, department or site.")],
+    value: Annotated[str, typer.Argument(help="As given to `grant`.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Take a grant back."""
+    _user_action(
+        home,
+        passphrase_file,
+        lambda o: (
+            f"{o.users.revoke_grant(name, kind=kind, value=grant_value(o.archive.index, kind, value))} gone"
+        ),
+    )
+
+
+@users_app.command("training")
+def users_training(
+    name: NameArg,
+    until: Annotated[str, typer.Argument(help="Privacy training valid until YYYY-MM-DD.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Record renewed privacy training (without it, access to PHI is refused)."""
+    _user_action(
+        home,
+        passphrase_file,
+        lambda o: (
+            f"{name}: training until {o.users.set_training(name, date.fromisoformat(until)).training_expires}"
+        ),
+    )
+
+
+@users_app.command("referring")
+def users_referring(
+    name: NameArg,
+    physician_name: Annotated[str, typer.Argument(help="How studies name this person, e.g. DOE^JOHN.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Link a user to the referring-physician name in studies (they then see those studies)."""
+    _user_action(
+        home,
+        passphrase_file,
+        lambda o: (
+            f"{o.users.set_referring_id(name, referring_identity(o.archive.index, physician_name)).name} ok"
+        ),
+    )
+
+
 # -- API keys --------------------------------------------------------------------------------------
 
 
@@ -362,8 +575,11 @@ def quickstart(
         fd = os.open(passphrase_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(passphrase + "\n")
-        init_home(home, passphrase)
+        created = init_home(home, passphrase)
         err.print(f"Created demo home {home}; its passphrase is in {passphrase_path} (demo only).")
+        err.print(
+            f"Administrator 'admin', one-time password: {created.password} (TOTP: `medvault users reset-mfa`)"
+        )
     passphrase = passphrase_path.read_text(encoding="utf-8").strip()
     opened = open_home(home, passphrase)
     try:
@@ -385,13 +601,13 @@ def quickstart(
         for f in files:
             f.unlink()
         key_name = f"quickstart-{secrets.token_hex(3)}"
-        key = opened.api_keys.create(key_name, role="admin", expires_days=1)
+        key = opened.api_keys.create(key_name, role="archivist", expires_days=1)
         ca = (home / "tls" / "ca.crt").resolve()
         url = f"https://127.0.0.1:{port}/dicomweb"
         out.print(f"Sample study: {summary.stored} stored, {summary.already_present} already present.")
         out.print(f"DICOMweb URL : {url}")
         out.print(f"CA to trust  : {ca}")
-        out.print(f"API key      : {key}  (admin, expires in 1 day)")
+        out.print(f"API key      : {key}  (archivist: read, store, delete; expires in 1 day)")
         out.print("Try:", style="bold")
         print(f"  curl --cacert {ca} -H 'Authorization: Bearer {key}' '{url}/studies?PatientID=DEMO-0001'")
     finally:

@@ -53,11 +53,33 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    """Bearer JWTs from the site's identity provider (Keycloak, Entra ID…); off when issuer is empty."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    jwks_file: str = ""
+    roles_claim: str = "roles"
+    username_claim: str = "preferred_username"
+    role_map: tuple[str, ...] = ()  # "idp-group=medvault-role" pairs
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Role overrides: "role=perm1,perm2" entries replace a built-in role's permissions."""
+
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -65,6 +87,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "tls": TlsSettings,
     "storage": StorageSettings,
     "index": IndexSettings,
+    "oidc": OidcSettings,
+    "access": AccessSettings,
 }
 
 
@@ -146,4 +170,14 @@ fsync = true
 
 [index]
 database = "index.db"
+
+[oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
+issuer = ""
+audience = ""
+jwks_url = ""               # or jwks_file = "idp-jwks.json" for an air-gapped site
+roles_claim = "roles"
+role_map = []               # e.g. ["pacs-radiologists=radiologist", "pacs-audit=auditor"]
+
+[access]
+roles = []                  # overrides, e.g. ["admin=users.manage,keys.manage,study.read"]
 """

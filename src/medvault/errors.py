@@ -118,3 +118,28 @@ class ConfigError(MedvaultError):
 
 class StorageError(MedvaultError):
     pass
+
+
+# --- ledger (medvault.ledger) -------------------------------------------------------------------
+#
+#   MedvaultError
+#   └── LedgerError          500  the ledger cannot do what was asked (no signer, bad origin, …)
+#       ├── ProofInvalid     422  an inclusion/consistency proof does not verify
+#       ├── NoteInvalid      422  a signed note / checkpoint is malformed or not signed by the key
+#       └── LedgerTampered   500  stored entries disagree with the tree or with signed checkpoints
+
+
+class LedgerError(MedvaultError):
+    pass
+
+
+class ProofInvalid(LedgerError):
+    http_status = 422
+
+
+class NoteInvalid(LedgerError):
+    http_status = 422
+
+
+class LedgerTampered(LedgerError):
+    pass

@@ -20,9 +20,13 @@ import os
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from medvault.access.oidc import OidcConfig, OidcVerifier
+from medvault.access.policy import DecisionPoint, load_roles
 from medvault.archive import Archive
+from medvault.audit import LogAuditSink
 from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, load_settings
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import KeyringKekProvider
@@ -35,12 +39,14 @@ from medvault.crypto.tls import (
     server_ssl_context,
 )
 from medvault.errors import ConfigError
+from medvault.guard import Guard
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.store import Index
+from medvault.index.users import NewUser, UserStore
 from medvault.storage.filesystem import FilesystemBlobStore
 
 KEYRING_FILE = "keyring.sealed"
-ADMIN_KEY_NAME = "admin"
+ADMIN_USER = "admin"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -56,10 +62,12 @@ def init_home(
     hostnames: Sequence[str] = (),
     ip_addresses: Sequence[str] = (),
     scrypt: ScryptParams = DEFAULT_SCRYPT,
-) -> str:
-    """Create a home folder: config, sealed keyring, CA + server certificate, empty index.
+) -> NewUser:
+    """Create a home folder: config, sealed keyring, CA + server certificate, empty index, and the
+    first administrator (a person: one-time password and TOTP enrolment, returned to be shown once).
 
-    Returns the first admin API key (shown once; only its hash is stored).
+    The administrator manages users, keys and nodes; seeing images needs a clinical role or an
+    API key with one (``medvault apikeys create NAME --role archivist``).
     """
     if (root / CONFIG_FILE).exists() or (root / KEYRING_FILE).exists():
         raise ConfigError(
@@ -87,7 +95,7 @@ def init_home(
 
     opened = open_home(root, passphrase)
     try:
-        return opened.api_keys.create(ADMIN_KEY_NAME, role="admin")
+        return opened.users.add_user(ADMIN_USER, roles=["admin"], now=datetime.now(UTC))
     finally:
         opened.close()
 
@@ -101,6 +109,9 @@ class OpenHome:
     keyring_file: KeyringFile
     archive: Archive
     api_keys: ApiKeyStore
+    users: UserStore
+    guard: Guard
+    oidc: OidcVerifier | None
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -147,10 +158,9 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
     settings = load_settings(root)
     keyring_file = KeyringFile.open(root / KEYRING_FILE, passphrase)
     keyring = keyring_file.keyring
+    cipher = FieldCipher(keyring.index_key)
     index = Index.open_sqlite(
-        root / settings.index.database,
-        cipher=FieldCipher(keyring.index_key),
-        blind=BlindIndex(keyring.blind_index_key),
+        root / settings.index.database, cipher=cipher, blind=BlindIndex(keyring.blind_index_key)
     )
     blobs = FilesystemBlobStore(root / settings.storage.objects, fsync=settings.storage.fsync)
     keks = KeyringKekProvider(keyring, reload=keyring_file.reload)
@@ -161,4 +171,46 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
         max_instance_bytes=settings.server.max_instance_bytes,
         refresh_keys=_KeyringWatcher(root / KEYRING_FILE, keks),
     )
-    return OpenHome(root, settings, keyring_file, archive, ApiKeyStore(index.engine))
+    roles = load_roles(_role_overrides(settings.access.roles)) if settings.access.roles else None
+    users = (
+        UserStore(index.engine, cipher=cipher, roles=roles)
+        if roles
+        else UserStore(index.engine, cipher=cipher)
+    )
+    guard = Guard(pdp=DecisionPoint(sink=LogAuditSink(), roles=roles), index=index)
+    return OpenHome(
+        root, settings, keyring_file, archive, ApiKeyStore(index.engine), users, guard, _oidc(root, settings)
+    )
+
+
+def _role_overrides(entries: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        role, sep, perms = entry.partition("=")
+        if not sep or not role.strip():
+            raise ConfigError(f"[access] roles entry {entry!r} must look like role=perm1,perm2")
+        out[role.strip()] = [p.strip() for p in perms.split(",") if p.strip()]
+    return out
+
+
+def _oidc(root: Path, settings: Settings) -> OidcVerifier | None:
+    oidc = settings.oidc
+    if not oidc.issuer:
+        return None
+    role_map = {}
+    for entry in oidc.role_map:
+        claim, sep, role = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"[oidc] role_map entry {entry!r} must look like idp-group=role")
+        role_map[claim.strip()] = role.strip()
+    return OidcVerifier(
+        OidcConfig(
+            issuer=oidc.issuer,
+            audience=oidc.audience,
+            jwks_url=oidc.jwks_url or None,
+            jwks_file=(root / oidc.jwks_file) if oidc.jwks_file else None,
+            roles_claim=oidc.roles_claim,
+            role_map=role_map,
+            username_claim=oidc.username_claim,
+        )
+    )

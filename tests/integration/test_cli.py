@@ -32,18 +32,24 @@ def run(
     )
 
 
-def test_init_prints_the_admin_key_last_and_locks_down_the_home(tmp_path: Path) -> None:
+def test_init_shows_the_first_admin_once_and_locks_down_the_home(tmp_path: Path) -> None:
     env = {**os.environ, "MEDVAULT_PASSPHRASE": "a long enough test passphrase"}
     home = tmp_path / "h"
     result = run("init", "--home", str(home), "--hostname", "pacs.example.org", env=env)
     assert result.returncode == 0, result.stderr
-    key = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"mvk_[A-Za-z0-9_-]{43}", key)
+    password = re.search(r"one-time password \(must be changed at first sign-in\): (\S+)", result.stdout)
+    assert password is not None
+    assert "otpauth://totp/" in result.stdout
+    codes = re.findall(r"^    (\S+)$", result.stdout, flags=re.M)
+    assert len(codes) >= 8  # recovery codes
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
-    for secret in ("keyring.sealed", "tls/ca.key", "tls/server.key", "index.db"):
+    for secret in ("keyring.sealed", "tls/ca.key", "tls/server.key", "index.db", "logs/totp-admin.png"):
         assert stat.S_IMODE((home / secret).stat().st_mode) == 0o600, secret
     assert b"ENCRYPTED PRIVATE KEY" in (home / "tls/server.key").read_bytes()
-    assert key.encode() not in (home / "index.db").read_bytes()  # only its hash is kept
+    stored = b"".join(p.read_bytes() for p in home.glob("index.db*"))
+    assert password.group(1).encode() not in stored and codes[0].encode() not in stored  # hashes only
+    listed = run("users", "list", "--home", str(home), env=env)
+    assert "admin" in listed.stdout and "enrolled" in listed.stdout
     again = run("init", "--home", str(home), env=env)
     assert again.returncode == 1 and "already holds a medvault home" in again.stderr
 

@@ -16,12 +16,18 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from medvault import __version__
+from medvault.access.lockout import TooManyAttempts
+from medvault.access.oidc import OidcVerifier
+from medvault.api.account import router as account_router
+from medvault.api.admin import router as admin_router
 from medvault.api.auth import BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
+from medvault.guard import Guard
 from medvault.index.apikeys import ApiKeyStore
+from medvault.index.users import UserStore
 
 access_log = logging.getLogger("medvault.access")
 error_log = logging.getLogger("medvault.errors")
@@ -40,11 +46,23 @@ def _error_response(exc: MedvaultError) -> JSONResponse:
     payload = {"error": exc.message}
     if exc.hint:
         payload["hint"] = exc.hint
-    headers = {"WWW-Authenticate": 'Bearer realm="medvault"'} if isinstance(exc, BearerChallenge) else None
-    return JSONResponse(payload, status_code=exc.http_status, headers=headers)
+    headers: dict[str, str] = {}
+    if isinstance(exc, BearerChallenge):
+        headers["WWW-Authenticate"] = 'Bearer realm="medvault"'
+    if isinstance(exc, TooManyAttempts):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse(payload, status_code=exc.http_status, headers=headers or None)
 
 
-def create_app(archive: Archive, *, api_keys: ApiKeyStore, server: ServerSettings) -> FastAPI:
+def create_app(
+    archive: Archive,
+    *,
+    api_keys: ApiKeyStore,
+    users: UserStore,
+    guard: Guard,
+    server: ServerSettings,
+    oidc: OidcVerifier | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="medvault",
         version=__version__,
@@ -54,6 +72,9 @@ def create_app(archive: Archive, *, api_keys: ApiKeyStore, server: ServerSetting
     )
     app.state.archive = archive
     app.state.api_keys = api_keys
+    app.state.users = users
+    app.state.guard = guard
+    app.state.oidc = oidc
     app.state.max_request_bytes = server.max_request_bytes
     app.state.public_url = server.public_url
     hsts = not server.plain_http
@@ -97,8 +118,8 @@ def create_app(archive: Archive, *, api_keys: ApiKeyStore, server: ServerSetting
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(server.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Accept"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-CSRF-Token"],
         )
 
     @app.get("/healthz")
@@ -106,4 +127,6 @@ def create_app(archive: Archive, *, api_keys: ApiKeyStore, server: ServerSetting
         return {"status": "ok", "version": __version__}
 
     app.include_router(dicomweb_router)
+    app.include_router(account_router)
+    app.include_router(admin_router)
     return app

@@ -16,8 +16,9 @@ from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
 
+from medvault.access.policy import Action, Principal
 from medvault.api import multipart as mp
-from medvault.api.auth import CanDelete, CanRead, CanStore
+from medvault.api.auth import CanDelete, CanRead, CanStore, client_address
 from medvault.api.negotiation import (
     ANY_SYNTAX,
     EXPLICIT_VR_LE,
@@ -38,6 +39,7 @@ from medvault.errors import (
     TooLarge,
     UnsupportedMedia,
 )
+from medvault.guard import Guard
 from medvault.index.store import InstanceRecord, Level
 
 Json = dict[str, Any]
@@ -58,6 +60,12 @@ def base_url(request: Request) -> str:
     configured: str = request.app.state.public_url
     root = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
     return root + "/dicomweb"
+
+
+def allow_study(request: Request, who: Principal, action: Action, study: str) -> None:
+    """The per-study decision; out of scope answers exactly like a missing study (404)."""
+    guard: Guard = request.app.state.guard
+    guard.study(who, action, study, client=client_address(request))
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -159,12 +167,12 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Re
 
 
 @router.post("/studies")
-async def stow_studies(request: Request, archive: ArchiveDep, _: CanStore) -> Response:
+async def stow_studies(request: Request, archive: ArchiveDep, who: CanStore) -> Response:
     return await _stow(request, archive, None)
 
 
 @router.post("/studies/{study}")
-async def stow_study(study: str, request: Request, archive: ArchiveDep, _: CanStore) -> Response:
+async def stow_study(study: str, request: Request, archive: ArchiveDep, who: CanStore) -> Response:
     return await _stow(request, archive, study)
 
 
@@ -172,45 +180,57 @@ async def stow_study(study: str, request: Request, archive: ArchiveDep, _: CanSt
 
 
 def _qido(
-    request: Request, archive: Archive, level: Level, study: str | None = None, series: str | None = None
+    request: Request,
+    archive: Archive,
+    who: Principal,
+    level: Level,
+    study: str | None = None,
+    series: str | None = None,
 ) -> Response:
     query = parse_query(list(request.query_params.multi_items()))
+    guard: Guard = request.app.state.guard
     hits = archive.search(
-        level, query.criteria, study_uid=study, series_uid=series, offset=query.offset, limit=query.limit
+        level,
+        query.criteria,
+        study_uid=study,
+        series_uid=series,
+        offset=query.offset,
+        limit=query.limit,
+        visible=guard.visible(who, Action.STUDY_READ, client=client_address(request)),
     )
     return json_response(shape_results(level, hits, query, index=archive.index, base_url=base_url(request)))
 
 
 @router.get("/studies")
-def search_studies(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _qido(request, archive, "study")
+def search_studies(request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _qido(request, archive, who, "study")
 
 
 @router.get("/series")
-def search_series(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _qido(request, archive, "series")
+def search_series(request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _qido(request, archive, who, "series")
 
 
 @router.get("/instances")
-def search_instances(request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _qido(request, archive, "instance")
+def search_instances(request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _qido(request, archive, who, "instance")
 
 
 @router.get("/studies/{study}/series")
-def search_study_series(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _qido(request, archive, "series", study)
+def search_study_series(study: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _qido(request, archive, who, "series", study)
 
 
 @router.get("/studies/{study}/instances")
-def search_study_instances(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _qido(request, archive, "instance", study)
+def search_study_instances(study: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _qido(request, archive, who, "instance", study)
 
 
 @router.get("/studies/{study}/series/{series}/instances")
 def search_series_instances(
-    study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead
+    study: str, series: str, request: Request, archive: ArchiveDep, who: CanRead
 ) -> Response:
-    return _qido(request, archive, "instance", study, series)
+    return _qido(request, archive, who, "instance", study, series)
 
 
 # -- WADO-RS: instances ----------------------------------------------------------------------------
@@ -224,8 +244,9 @@ def _serve_bytes(archive: Archive, record: InstanceRecord, transfer_syntax: str)
 
 
 def _retrieve(
-    request: Request, archive: Archive, study: str, series: str | None, sop: str | None
+    request: Request, archive: Archive, who: Principal, study: str, series: str | None, sop: str | None
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     choice = negotiate_dicom(request.headers.get("accept"), single_instance=sop is not None)
     records = archive.instances(study, series, sop)
     if choice.transfer_syntax not in (ANY_SYNTAX, EXPLICIT_VR_LE):
@@ -268,28 +289,29 @@ def _part(boundary: str, body: bytes, requested: str, record: InstanceRecord) ->
 
 
 @router.get("/studies/{study}")
-def retrieve_study(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _retrieve(request, archive, study, None, None)
+def retrieve_study(study: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _retrieve(request, archive, who, study, None, None)
 
 
 @router.get("/studies/{study}/series/{series}")
-def retrieve_series(study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _retrieve(request, archive, study, series, None)
+def retrieve_series(study: str, series: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _retrieve(request, archive, who, study, series, None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}")
 def retrieve_instance(
-    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, who: CanRead
 ) -> Response:
-    return _retrieve(request, archive, study, series, sop)
+    return _retrieve(request, archive, who, study, series, sop)
 
 
 # -- WADO-RS: metadata -----------------------------------------------------------------------------
 
 
 def _metadata(
-    request: Request, archive: Archive, study: str, series: str | None, sop: str | None
+    request: Request, archive: Archive, who: Principal, study: str, series: str | None, sop: str | None
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     records = archive.instances(study, series, sop)
     root = base_url(request)
     out = []
@@ -300,20 +322,20 @@ def _metadata(
 
 
 @router.get("/studies/{study}/metadata")
-def study_metadata(study: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _metadata(request, archive, study, None, None)
+def study_metadata(study: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _metadata(request, archive, who, study, None, None)
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
-def series_metadata(study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead) -> Response:
-    return _metadata(request, archive, study, series, None)
+def series_metadata(study: str, series: str, request: Request, archive: ArchiveDep, who: CanRead) -> Response:
+    return _metadata(request, archive, who, study, series, None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
 def instance_metadata(
-    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, _: CanRead
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, who: CanRead
 ) -> Response:
-    return _metadata(request, archive, study, series, sop)
+    return _metadata(request, archive, who, study, series, sop)
 
 
 # -- WADO-RS: frames, bulk data, rendered ----------------------------------------------------------
@@ -335,8 +357,9 @@ def _metadata_dataset(archive: Archive, record: InstanceRecord) -> Any:
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
 def retrieve_frames(
-    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, _: CanRead
+    study: str, series: str, sop: str, frames: str, request: Request, archive: ArchiveDep, who: CanRead
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     numbers = _frame_numbers(frames)
     record = archive.instances(study, series, sop)[0]
     if not record.frames:
@@ -357,8 +380,9 @@ def retrieve_frames(
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
-    study: str, series: str, sop: str, tag_path: str, request: Request, archive: ArchiveDep, _: CanRead
+    study: str, series: str, sop: str, tag_path: str, request: Request, archive: ArchiveDep, who: CanRead
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     record = archive.instances(study, series, sop)[0]
     ds = dcmread(io.BytesIO(archive.read(record)))
     # Paths as written by dicomjson: TAG, or TAG/ITEM/TAG/... through sequences.
@@ -444,11 +468,12 @@ def render_instance(
     sop: str,
     request: Request,
     archive: ArchiveDep,
-    _: CanRead,
+    who: CanRead,
     window: str | None = None,
     viewport: str | None = None,
     quality: Quality = 90,
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     record = archive.instances(study, series, sop)[0]
     return _render(request, archive, record, 1, window=window, viewport=viewport, quality=quality)
 
@@ -461,11 +486,12 @@ def render_frame_route(
     frame: int,
     request: Request,
     archive: ArchiveDep,
-    _: CanRead,
+    who: CanRead,
     window: str | None = None,
     viewport: str | None = None,
     quality: Quality = 90,
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     record = archive.instances(study, series, sop)[0]
     return _render(request, archive, record, frame, window=window, viewport=viewport, quality=quality)
 
@@ -492,15 +518,17 @@ def _thumbnail(
 
 @router.get("/studies/{study}/thumbnail")
 def study_thumbnail(
-    study: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+    study: str, request: Request, archive: ArchiveDep, who: CanRead, viewport: str | None = None
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     return _thumbnail(request, archive, archive.instances(study), viewport)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
 def series_thumbnail(
-    study: str, series: str, request: Request, archive: ArchiveDep, _: CanRead, viewport: str | None = None
+    study: str, series: str, request: Request, archive: ArchiveDep, who: CanRead, viewport: str | None = None
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     return _thumbnail(request, archive, archive.instances(study, series), viewport)
 
 
@@ -511,9 +539,10 @@ def instance_thumbnail(
     sop: str,
     request: Request,
     archive: ArchiveDep,
-    _: CanRead,
+    who: CanRead,
     viewport: str | None = None,
 ) -> Response:
+    allow_study(request, who, Action.STUDY_READ, study)
     return _thumbnail(request, archive, archive.instances(study, series, sop), viewport)
 
 
@@ -521,18 +550,23 @@ def instance_thumbnail(
 
 
 @router.delete("/studies/{study}")
-def delete_study(study: str, archive: ArchiveDep, _: CanDelete) -> Response:
+def delete_study(study: str, request: Request, archive: ArchiveDep, who: CanDelete) -> Response:
+    allow_study(request, who, Action.STUDY_DELETE, study)
     archive.delete(study)
     return Response(status_code=204)
 
 
 @router.delete("/studies/{study}/series/{series}")
-def delete_series(study: str, series: str, archive: ArchiveDep, _: CanDelete) -> Response:
+def delete_series(study: str, series: str, request: Request, archive: ArchiveDep, who: CanDelete) -> Response:
+    allow_study(request, who, Action.STUDY_DELETE, study)
     archive.delete(study, series)
     return Response(status_code=204)
 
 
 @router.delete("/studies/{study}/series/{series}/instances/{sop}")
-def delete_instance(study: str, series: str, sop: str, archive: ArchiveDep, _: CanDelete) -> Response:
+def delete_instance(
+    study: str, series: str, sop: str, request: Request, archive: ArchiveDep, who: CanDelete
+) -> Response:
+    allow_study(request, who, Action.STUDY_DELETE, study)
     archive.delete(study, series, sop)
     return Response(status_code=204)

@@ -39,11 +39,24 @@ def setup_logging(root: Path) -> None:
         logger.setLevel(logging.INFO)
         logger.handlers = [handler]
         logger.propagate = False
+    audit = logging.handlers.WatchedFileHandler(logs / "audit.log")
+    audit.setFormatter(logging.Formatter("%(message)s"))
+    audit_logger = logging.getLogger("medvault.audit")
+    audit_logger.setLevel(logging.INFO)
+    audit_logger.handlers = [audit]
+    audit_logger.propagate = False
 
 
 def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
     settings = opened.settings
-    application = create_app(opened.archive, api_keys=opened.api_keys, server=settings.server)
+    application = create_app(
+        opened.archive,
+        api_keys=opened.api_keys,
+        users=opened.users,
+        guard=opened.guard,
+        server=settings.server,
+        oidc=opened.oidc,
+    )
     common = {"access_log": False, "log_level": "warning", "server_header": False, "timeout_keep_alive": 30}
     if settings.server.plain_http:
         return uvicorn.Config(application, **common)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ STUDY_TOKEN_FIELDS: dict[str, str] = {
     "00200010": "study_id_tok",  # StudyID
     "00080090": "referring_tok",  # ReferringPhysicianName
     "00100030": "birth_date_tok",  # PatientBirthDate
+    "00081040": "department_tok",  # InstitutionalDepartmentName (department / care-team grants)
 }
 
 studies = Table(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,9 @@ TAG_SOP_CLASS = "00080016"
 TAG_MODALITY = "00080060"
 TAG_MODALITIES_IN_STUDY = "00080061"
 TAG_STUDY_DATE = "00080020"
+TAG_PATIENT_ID = "00100020"
+TAG_REFERRING = "00080090"
+TAG_DEPARTMENT = "00081040"
 _SCAN_BATCH = 500
 
 
@@ -75,6 +78,7 @@ class NewInstance:
     instance_doc: Json
     metadata: Json
     wrapped_key: WrappedKey
+    department: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +106,15 @@ class Hit:
     series_id: int | None
     instance_id: int | None
     attributes: Json
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    study_id: int
+    study_uid: str
+    patient: str | None
+    referring: str | None
+    department: str | None
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,8 @@ class Index:
                         tokens = {}
                         for tag, column in t.STUDY_TOKEN_FIELDS.items():
                             text = _first_text(item.study_doc.get(tag))
+                            if tag == TAG_DEPARTMENT:
+                                text = item.department
                             tokens[column] = self._token(tag, text) if text else None
                         study_id = conn.execute(
                             insert(t.studies).values(
@@ -384,8 +399,12 @@ class Index:
         series_uid: str | None = None,
         offset: int = 0,
         limit: int | None = None,
+        visible: Callable[[int], bool] | None = None,
     ) -> list[Hit]:
-        """Matches at ``level`` in insertion order, after ``offset``, at most ``limit``."""
+        """Matches at ``level`` in insertion order, after ``offset``, at most ``limit``.
+
+        ``visible(study_id)`` drops studies the caller may not see *before* paging, so neither
+        results nor counts reveal that they exist."""
         if limit == 0:
             return []
         studies, series, insts = t.studies, t.series, t.instances
@@ -441,8 +460,15 @@ class Index:
         skipped = 0
         study_cache: dict[int, Json] = {}
         series_cache: dict[int, Json] = {}
+        seen_visible: dict[int, bool] = {}
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=_SCAN_BATCH).execute(query):
+                if visible is not None:
+                    allowed = seen_visible.get(row.study_id)
+                    if allowed is None:
+                        allowed = seen_visible[row.study_id] = visible(row.study_id)
+                    if not allowed:
+                        continue
                 attrs = study_cache.get(row.study_id)
                 if attrs is None:
                     attrs = self._open(row.doc, "study/" + row.study_uid)
@@ -522,6 +548,39 @@ class Index:
                 conds.append(year <= high)
             return and_(*conds) if conds else None
         return None
+
+    def study_facts(
+        self, *, study_ids: Sequence[int] = (), study_uid: str | None = None
+    ) -> dict[int, StudyFacts]:
+        """What access decisions need about studies, all pseudonymous (blind-index tokens in hex)."""
+        cols = t.studies.c
+        query = select(cols.id, cols.study_uid, cols.patient_id_tok, cols.referring_tok, cols.department_tok)
+        if study_uid is not None:
+            query = query.where(cols.study_uid == study_uid)
+        else:
+            query = query.where(cols.id.in_(list(study_ids)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+
+        def hexed(value: bytes | None) -> str | None:
+            return bytes(value).hex() if value is not None else None
+
+        return {
+            row.id: StudyFacts(
+                study_id=row.id,
+                study_uid=row.study_uid,
+                patient=hexed(row.patient_id_tok),
+                referring=hexed(row.referring_tok),
+                department=hexed(row.department_tok),
+            )
+            for row in rows
+        }
+
+    def pseudonym(self, tag: str, value: str) -> str:
+        """The token under which studies record ``value`` of ``tag`` (for grants and identities):
+        PatientID for patient grants, InstitutionalDepartmentName for departments,
+        ReferringPhysicianName for a referring physician's identity."""
+        return self._token(tag, value).hex()
 
     def study_counts(self, study_ids: Sequence[int], *, conn: Any = None) -> dict[int, StudyCounts]:
         """Series and instance counts and modalities of each study (QIDO computed attributes)."""

@@ -1,0 +1,158 @@
+"""Sign-in and sessions at /auth: OAuth 2.0 password and refresh grants (with an `otp` field),
+cookie sessions for the web console, logout and password change.
+
+Bodies are `application/x-www-form-urlencoded` (as OAuth 2.0 clients send them) or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from medvault.access.tokens import TokenPair
+from medvault.api.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Authenticated,
+    client_address,
+    csrf_token_for,
+)
+from medvault.errors import InvalidInput, UnsupportedMedia
+from medvault.index.users import UserStore
+
+router = APIRouter(prefix="/auth")
+MAX_FORM_BYTES = 16 * 1024
+
+
+async def read_fields(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise InvalidInput("the form is too large")
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise InvalidInput("the body is not valid JSON") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise InvalidInput("the body must be a JSON object of strings")
+        return {str(k): v for k, v in data.items()}
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise InvalidInput("the form is not UTF-8") from None
+        return dict(pairs)
+    raise UnsupportedMedia("send application/x-www-form-urlencoded or application/json")
+
+
+def _required(fields: dict[str, str], *names: str) -> list[str]:
+    missing = [n for n in names if not fields.get(n)]
+    if missing:
+        raise InvalidInput(f"missing field(s): {', '.join(missing)}")
+    return [fields[n] for n in names]
+
+
+def _token_answer(pair: TokenPair) -> JSONResponse:
+    return JSONResponse(
+        {
+            "access_token": pair.access_token,
+            "refresh_token": pair.refresh_token,
+            "token_type": "bearer",
+            "expires_in": pair.expires_in,
+        },
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+def _sign_in(request: Request, fields: dict[str, str]) -> TokenPair:
+    users: UserStore = request.app.state.users
+    now = datetime.now(UTC)
+    username, password = _required(fields, "username", "password")
+    user = users.authenticate_password(
+        username, password, fields.get("otp", ""), client_address(request) or "-", now
+    )
+    return users.issue_tokens(user, now=now)
+
+
+@router.post("/token")
+async def token(request: Request) -> Response:
+    """OAuth 2.0 token endpoint: grant_type=password (username, password, otp) or refresh_token."""
+    fields = await read_fields(request)
+    grant = fields.get("grant_type", "password")
+    users: UserStore = request.app.state.users
+    if grant == "password":
+        pair = await run_in_threadpool(_sign_in, request, fields)
+    elif grant == "refresh_token":
+        (refresh,) = _required(fields, "refresh_token")
+        pair = await run_in_threadpool(users.refresh, refresh, now=datetime.now(UTC))
+    else:
+        raise InvalidInput("grant_type must be password or refresh_token")
+    return _token_answer(pair)
+
+
+@router.post("/session")
+async def session(request: Request) -> Response:
+    """Sign in for the web console: the access token goes into a Secure, HttpOnly, SameSite=Strict
+    cookie; the answer carries the CSRF token to send as X-CSRF-Token on changing requests."""
+    fields = await read_fields(request)
+    pair = await run_in_threadpool(_sign_in, request, fields)
+    csrf = csrf_token_for(pair.access_token)
+    response = JSONResponse(
+        {"csrf_token": csrf, "expires_in": pair.expires_in}, headers={"Cache-Control": "no-store"}
+    )
+    response.set_cookie(
+        SESSION_COOKIE,
+        pair.access_token,
+        max_age=pair.expires_in,
+        secure=True,
+        httponly=True,
+        samesite="strict",
+        path="/",
+    )
+    response.set_cookie(
+        CSRF_COOKIE, csrf, max_age=pair.expires_in, secure=True, httponly=False, samesite="strict", path="/"
+    )
+    return response
+
+
+def _presented_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    return request.cookies.get(SESSION_COOKIE, "")
+
+
+@router.post("/logout")
+def logout(request: Request, who: Authenticated) -> Response:
+    """Revoke the presented session (access and refresh tokens) at once."""
+    users: UserStore = request.app.state.users
+    users.logout(_presented_token(request), now=datetime.now(UTC))
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    response.delete_cookie(CSRF_COOKIE, path="/", secure=True, samesite="strict")
+    return response
+
+
+@router.post("/password")
+async def change_password(request: Request) -> Response:
+    """Change one's own password (also after a one-time password); revokes every session."""
+    fields = await read_fields(request)
+    username, old, new = _required(fields, "username", "old_password", "new_password")
+    users: UserStore = request.app.state.users
+    await run_in_threadpool(
+        lambda: users.change_password(
+            username,
+            old_password=old,
+            new_password=new,
+            client=client_address(request) or "-",
+            now=datetime.now(UTC),
+        )
+    )
+    return Response(status_code=204)

@@ -1,0 +1,66 @@
+"""The service layer's access gate: every protocol asks the policy decision point through here.
+
+HTTP and DIMSE translate a request into (principal, action, study); this module turns a study
+into the pseudonymous facts the policy needs and enforces the decision. A study outside the
+caller's scope is answered exactly like a study that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from medvault.access.policy import Action, Context, Decision, DecisionPoint, Principal, Resource, enforce
+from medvault.errors import NotFound
+from medvault.index.store import Index, StudyFacts
+
+MISSING_STUDY = "no such study"
+
+
+def resource_of(facts: StudyFacts) -> Resource:
+    return Resource(
+        study_uid=facts.study_uid,
+        patient=facts.patient,
+        departments=frozenset({facts.department}) if facts.department else frozenset(),
+        referring=frozenset({facts.referring}) if facts.referring else frozenset(),
+    )
+
+
+class Guard:
+    def __init__(self, *, pdp: DecisionPoint, index: Index) -> None:
+        self.pdp = pdp
+        self.index = index
+
+    def _context(self, client: str | None) -> Context:
+        return Context(now=datetime.now(UTC), client=client)
+
+    def require(self, principal: Principal | None, action: Action, *, client: str | None = None) -> Decision:
+        """May this subject do ``action`` at all (before looking at any study)?"""
+        return enforce(self.pdp.decide(principal, action, None, self._context(client)))
+
+    def study(
+        self, principal: Principal | None, action: Action, study_uid: str, *, client: str | None = None
+    ) -> Decision:
+        """May this subject do ``action`` on this study? ``NotFound`` if absent or out of scope."""
+        facts = self.index.study_facts(study_uid=study_uid)
+        if not facts:
+            raise NotFound(MISSING_STUDY)
+        (fact,) = facts.values()
+        return enforce(
+            self.pdp.decide(principal, action, resource_of(fact), self._context(client)),
+            missing=MISSING_STUDY,
+        )
+
+    def visible(
+        self, principal: Principal | None, action: Action, *, client: str | None = None
+    ) -> Callable[[int], bool]:
+        """A per-study filter for searches: only studies the subject may see pass."""
+        context = self._context(client)
+
+        def check(study_id: int) -> bool:
+            facts = self.index.study_facts(study_ids=[study_id]).get(study_id)
+            if facts is None:
+                return False
+            return self.pdp.decide(principal, action, resource_of(facts), context).allowed
+
+        return check
