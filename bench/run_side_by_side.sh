@@ -8,7 +8,7 @@
 # 2. starts Orthanc (Debian 1.10 + DICOMweb plugin 1.7) in a temp dir: HTTP 127.0.0.1:19042, DICOMweb at
 #    /dicom-web, HTTP basic auth on, DICOM port 19043, default filesystem storage + SQLite index,
 #    "StorageCompression": false, "HttpCompressionEnabled": false (the client asks for identity anyway),
-# 3. starts medvault (`medvault init` + `medvault serve`, temp home, HTTPS on 127.0.0.1:19044, Bearer key),
+# 3. starts medvault (`medvault init` + `medvault apikeys create --role archivist` + `medvault serve`, temp home, HTTPS on 127.0.0.1:19044, Bearer key),
 # 4. runs bench/dicomweb_bench.py against both, medvault first (ratios are medvault/orthanc), prints the
 #    tables and writes bench/results/side_by_side.json (plus on-disk store sizes and server peak RSS),
 # 5. stops both servers by PID (trap) and deletes their temp dirs.
@@ -130,7 +130,10 @@ if [[ "$ONLY" != orthanc ]]; then
     export MEDVAULT_PASSPHRASE
     "$MEDVAULT_BIN" init --home "$MV_HOME" >"$MEDVAULT_DIR/init.out" 2>"$MEDVAULT_DIR/init.err" || {
         echo "medvault init failed:" >&2; cat "$MEDVAULT_DIR/init.out" "$MEDVAULT_DIR/init.err" >&2; exit 1; }
-    MEDVAULT_BENCH_KEY=$(awk 'NF { last = $0 } END { print last }' "$MEDVAULT_DIR/init.out" | tr -d '[:space:]')
+    # The administrator sees no images; the bench stores, reads and deletes through an archivist key.
+    "$MEDVAULT_BIN" apikeys create bench --role archivist --home "$MV_HOME" >"$MEDVAULT_DIR/key.out" \
+        2>"$MEDVAULT_DIR/key.err" || { echo "medvault apikeys create failed:" >&2; cat "$MEDVAULT_DIR/key.err" >&2; exit 1; }
+    MEDVAULT_BENCH_KEY=$(awk 'NF { last = $0 } END { print last }' "$MEDVAULT_DIR/key.out" | tr -d '[:space:]')
     export MEDVAULT_BENCH_KEY
     [[ -n "$MEDVAULT_BENCH_KEY" ]] || { echo "medvault init printed no API key" >&2; exit 1; }
     MV_CA="$MV_HOME/tls/ca.crt"
