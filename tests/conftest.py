@@ -70,7 +70,7 @@ class Home:
         current = None
         for i, line in enumerate(lines):
             if line.startswith("["):
-                current = line.strip("[] ")
+                current = line.split("]")[0].strip("[ ")
             elif current == section and line.split("=")[0].strip() == key:
                 lines[i] = f"{key} = {value}"
                 break
@@ -87,7 +87,9 @@ def make_home(root: Path) -> Home:
     finally:
         opened.close()
     assert created.password is not None and created.enrolment is not None
-    return Home(root, key, created.password, created.enrolment.secret)
+    home = Home(root, key, created.password, created.enrolment.secret)
+    home.set_config("dimse", "port", str(free_port()))  # servers of parallel tests must not share 2762
+    return home
 
 
 @pytest.fixture

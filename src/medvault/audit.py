@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
+from typing import Any
 
 from medvault.access.policy import DecisionEvent
 
@@ -32,3 +34,10 @@ class LogAuditSink:
                 separators=(",", ":"),
             )
         )
+
+
+class LogDimseAudit:
+    """DIMSE listener events (associations, operations, refused handshakes) as JSON lines."""
+
+    def __call__(self, event: Any) -> None:
+        audit_log.info(json.dumps({"dimse": asdict(event)}, default=str, separators=(",", ":")))

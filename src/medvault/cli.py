@@ -38,10 +38,14 @@ app = typer.Typer(
 )
 users_app = typer.Typer(help="People: accounts, roles, scopes, MFA, training.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key-encryption keys: status and online rotation.", no_args_is_help=True)
+nodes_app = typer.Typer(
+    help="DICOM nodes (modalities, PACS peers) allowed over mutual TLS.", no_args_is_help=True
+)
 apikeys_app = typer.Typer(help="API keys for scripts, viewers and services.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(apikeys_app, name="apikeys")
+app.add_typer(nodes_app, name="nodes")
 
 out = Console()
 err = Console(stderr=True)
@@ -488,6 +492,99 @@ def users_referring(
             f"{o.users.set_referring_id(name, referring_identity(o.archive.index, physician_name)).name} ok"
         ),
     )
+
+
+# -- DICOM nodes -----------------------------------------------------------------------------------
+
+
+@nodes_app.command("add")
+def nodes_add(
+    name: Annotated[str, typer.Argument(help="A name for the node, e.g. ct-room-3.")],
+    ae_title: Annotated[str, typer.Option("--ae-title", help="The node's calling AE title.")],
+    host: Annotated[str, typer.Option(help="The node's address (for C-MOVE destinations and plain mode).")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The node's DIMSE port (C-MOVE destination).")],
+    permissions: Annotated[str, typer.Option(help="Comma-separated: store, find, get, move.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the issued NAME.crt and NAME.key.")
+    ] = Path("."),
+    certificate: Annotated[
+        Path | None, typer.Option(help="Register this site-issued certificate (PEM) instead of issuing one.")
+    ] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Register a node: issues a client certificate from medvault's CA (or pins the site's)."""
+    from medvault.dimse import IssuedNode, ca_material, node_store, write_node_credentials
+
+    opened = _open(home, passphrase_file)
+    try:
+        nodes = node_store(opened)
+        perms = [p.strip() for p in permissions.split(",") if p.strip()]
+        if certificate is not None:
+            nodes.add(name, ae_title=ae_title, host=host, port=port, permissions=perms,
+                             certificate_pem=certificate.read_bytes())  # fmt: skip
+            out.print(f"Node {name} registered (AE {ae_title}); certificate pinned by fingerprint.")
+            return
+        issued = nodes.add(
+            name, ae_title=ae_title, host=host, port=port, permissions=perms, ca=ca_material(opened)
+        )
+        assert isinstance(issued, IssuedNode)
+        cert_path, key_path = write_node_credentials(issued, out_dir)
+        out.print(f"Node {name} (AE {ae_title}, permissions {', '.join(sorted(perms))}) registered.")
+        out.print(f"  certificate : {cert_path}", highlight=False, soft_wrap=True)
+        out.print(
+            f"  private key : {key_path} (install on the node, then delete here)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        out.print(
+            f"  CA to trust : {opened.path(opened.settings.tls.ca_certificate)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        out.print(f"  fingerprint : {issued.node.fingerprint_hex}", highlight=False, soft_wrap=True)
+    finally:
+        opened.close()
+
+
+@nodes_app.command("list")
+def nodes_list(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """List registered nodes."""
+    from medvault.dimse import node_store
+
+    opened = _open(home, passphrase_file)
+    try:
+        nodes = node_store(opened).list()
+    finally:
+        opened.close()
+    table = Table(title="DICOM nodes")
+    for column in ("name", "AE title", "address", "permissions", "state"):
+        table.add_column(column)
+    for n in nodes:
+        table.add_row(
+            n.name,
+            n.ae_title,
+            f"{n.host}:{n.port}",
+            ", ".join(sorted(n.permissions)),
+            "revoked" if n.revoked else "active",
+        )
+    out.print(table)
+
+
+@nodes_app.command("revoke")
+def nodes_revoke(
+    name: Annotated[str, typer.Argument(help="The node's name.")],
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Revoke a node; its next connection is refused (no restart needed)."""
+    from medvault.dimse import node_store
+
+    def act(o: OpenHome) -> str:
+        node_store(o).revoke(name)
+        return f"node {name} revoked"
+
+    _user_action(home, passphrase_file, act)
 
 
 # -- API keys --------------------------------------------------------------------------------------

@@ -53,6 +53,17 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
+class DimseSettings:
+    """The DICOM TLS listener (PS3.15 Annex B) for modalities and PACS peers."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2762
+    ae_title: str = "MEDVAULT"
+    allow_plain: bool = False  # plain DIMSE: only for a legacy modality on an isolated network
+
+
+@dataclass(frozen=True)
 class OidcSettings:
     """Bearer JWTs from the site's identity provider (Keycloak, Entra ID…); off when issuer is empty."""
 
@@ -78,6 +89,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
+    dimse: DimseSettings = field(default_factory=DimseSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
 
@@ -87,6 +99,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "tls": TlsSettings,
     "storage": StorageSettings,
     "index": IndexSettings,
+    "dimse": DimseSettings,
     "oidc": OidcSettings,
     "access": AccessSettings,
 }
@@ -170,6 +183,13 @@ fsync = true
 
 [index]
 database = "index.db"
+
+[dimse]                     # DICOM over mutual TLS for modalities and PACS peers (`medvault nodes add`)
+enabled = true
+host = "127.0.0.1"          # "0.0.0.0" to accept modalities on the network
+port = 2762                 # the registered DICOM-TLS port
+ae_title = "MEDVAULT"
+allow_plain = false         # true ONLY for a legacy modality on an isolated network (warns, audited)
 
 [oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
 issuer = ""

@@ -12,7 +12,8 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
@@ -47,7 +48,7 @@ from medvault.dimse import (
 )
 from medvault.home import OpenHome, open_home
 from medvault.sample import generate_study
-from tests.conftest import PASSPHRASE, free_port, make_home
+from tests.conftest import PASSPHRASE, Home, Server, free_port, make_home
 
 pytestmark = pytest.mark.integration
 DCMTK = Path("/usr/bin/storescu")
@@ -785,3 +786,33 @@ def wait_port(port: int) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def test_serve_starts_the_dimse_listener_and_nodes_cli_issues_certificates(
+    tmp_path: Path, server_factory: Callable[[Home], Server]
+) -> None:
+    """`medvault nodes add` issues a node certificate; `medvault serve` answers C-ECHO over mutual
+    TLS on [dimse] port with it, and refuses the node once `medvault nodes revoke` ran."""
+    home = make_home(tmp_path / "served")
+    added = home.cli(
+        "nodes", "add", "ct1", "--ae-title", "CT1", "--host", "127.0.0.1", "--port", "104",
+        "--permissions", "store,find", "--out", str(tmp_path / "creds"),
+    )  # fmt: skip
+    assert "ct1.crt" in added.stdout and "ca.crt" in added.stdout
+    port = tomllib.loads((home.root / "medvault.toml").read_text())["dimse"]["port"]
+    server_factory(home)
+    echo = [
+        "/usr/bin/echoscu", "+tls", str(tmp_path / "creds/ct1.key"), str(tmp_path / "creds/ct1.crt"),
+        "+cf", str(home.ca), "-aet", "CT1", "-aec", "MEDVAULT", "127.0.0.1", str(port),
+    ]  # fmt: skip
+    deadline = time.monotonic() + 20
+    while True:
+        result = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)  # the DIMSE worker process may still be starting
+    assert result.returncode == 0, result.stderr
+    assert "ct1" in home.cli("nodes", "list").stdout
+    home.cli("nodes", "revoke", "ct1")
+    refused = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -89,6 +90,48 @@ def _worker(root: Path, passphrase: str, sock: socket.socket) -> None:
         opened.close()
 
 
+def _start_dimse(opened: OpenHome) -> object | None:
+    """The DIMSE listener of a served home (a thread in the calling process), if enabled."""
+    config = opened.settings.dimse
+    if not config.enabled:
+        return None
+    from medvault.audit import LogDimseAudit
+    from medvault.dimse import dimse_tls_for_home, node_store, start_dimse_server
+
+    if not config.allow_plain and not opened.settings.tls.own_ca:
+        log.warning(
+            "DIMSE listener not started: node certificates need medvault's own CA (see docs/dimse.md)"
+        )
+        return None
+    tls = None if config.allow_plain else dimse_tls_for_home(opened)
+    return start_dimse_server(
+        archive=opened.archive,
+        nodes=node_store(opened),
+        tls=tls,
+        audit=LogDimseAudit(),
+        host=config.host,
+        port=config.port,
+        ae_title=config.ae_title,
+        allow_plain=config.allow_plain,
+    )
+
+
+def _dimse_worker(root: Path, passphrase: str) -> None:
+    """A process of its own for the DIMSE listener, next to the HTTP workers."""
+    setup_logging(root)
+    opened = open_home(root, passphrase)
+    server = _start_dimse(opened)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        if server is not None:
+            server.shutdown()  # type: ignore[attr-defined]
+        opened.close()
+
+
 def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) -> None:
     """Serve until SIGINT/SIGTERM. Checks the passphrase and TLS material before listening."""
     settings = load_settings(root)
@@ -102,24 +145,35 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
     sock = _listen(host, port)
     setup_logging(root)
     if workers <= 1:
-        _worker(root, passphrase, sock)
+        opened = open_home(root, passphrase)
+        dimse = _start_dimse(opened)
+        try:
+            uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
+        finally:
+            if dimse is not None:
+                dimse.shutdown()  # type: ignore[attr-defined]
+            opened.close()
         return
-    children: dict[int, float] = {}
+    children: dict[int, tuple[float, str]] = {}
     stopping = False
 
-    def spawn() -> None:
+    def spawn(role: str = "http") -> None:
         pid = os.fork()
         if pid == 0:  # child
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             code = 0
             try:
-                _worker(root, passphrase, sock)
+                if role == "dimse":
+                    sock.close()
+                    _dimse_worker(root, passphrase)
+                else:
+                    _worker(root, passphrase, sock)
             except BaseException:  # the child must never return into the parent's code
                 code = 1
             finally:
                 os._exit(code)
-        children[pid] = time.monotonic()
+        children[pid] = (time.monotonic(), role)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -134,6 +188,8 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
     signal.signal(signal.SIGTERM, stop)
     for _ in range(workers):
         spawn()
+    if settings.dimse.enabled:
+        spawn("dimse")
     log.info("serving with %d worker processes", workers)
     while children:
         try:
@@ -142,12 +198,13 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
             break
         except InterruptedError:
             continue
-        started = children.pop(pid, None)
-        if started is None or stopping:
+        entry = children.pop(pid, None)
+        if entry is None or stopping:
             continue
-        log.error("worker %d exited (status %d); starting another", pid, status)
+        started, role = entry
+        log.error("%s worker %d exited (status %d); starting another", role, pid, status)
         if time.monotonic() - started < 5:
             time.sleep(1)  # a worker that dies at once must not spin
-        spawn()
+        spawn(role)
     sock.close()
     sys.stdout.flush()
