@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+from medvault.audit import SYSTEM, LedgerAudit
 from medvault.crypto.envelope import decrypt_object, decrypt_range, encrypt_object
 from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
@@ -23,6 +25,7 @@ from medvault.dicom.matching import Criterion
 from medvault.dicom.parse import ParsedInstance, parse_instance
 from medvault.errors import Conflict, IntegrityError, MedvaultError, NotFound, StudyMismatch, TooLarge
 from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance
+from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.storage.base import BlobStore
 
 Json = dict[str, Any]
@@ -89,6 +92,7 @@ class Archive:
         keks: KekProvider,
         max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES,
         refresh_keys: Callable[[], None] | None = None,
+        audit: LedgerAudit | None = None,
     ) -> None:
         """``refresh_keys`` is called before each write batch so that a KEK rotated by another
         process (``medvault keys rotate``) wraps new data keys at once; it must be cheap."""
@@ -98,6 +102,7 @@ class Archive:
         self.max_instance_bytes = max_instance_bytes
         self._rotation_lock = threading.Lock()
         self._refresh_keys = refresh_keys
+        self.audit = audit
         self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medvault-writer")
 
     def close(self) -> None:
@@ -109,7 +114,9 @@ class Archive:
     def store(self, data: bytes, *, study_uid: str | None = None) -> StoreOutcome:
         return self.store_batch([data], study_uid=study_uid)[0]
 
-    def store_batch(self, items: Sequence[bytes], *, study_uid: str | None = None) -> list[StoreOutcome]:
+    def store_batch(
+        self, items: Sequence[bytes], *, study_uid: str | None = None, actor: Actor | None = None
+    ) -> list[StoreOutcome]:
         """Store instances; each gets its own outcome. Successful ones are indexed in one commit.
 
         Nothing is half-stored: an instance is either fully indexed (its ciphertext present) or
@@ -182,10 +189,49 @@ class Archive:
                 for _, p in ready:
                     self.blobs.delete(p.entry.blob_key)
                 raise
-        return [
+        final = [
             o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed"))
             for o in outcomes
         ]
+        if self.audit is not None:
+            entries = {p.entry.sop_uid: p.entry for _, p in ready}
+            self.audit.emit_many(
+                [self._store_event(o, entries, actor) for o in final if o.status != "already_present"]
+            )
+        return final
+
+    def _store_event(
+        self, outcome: StoreOutcome, entries: dict[str, NewInstance], actor: Actor | None
+    ) -> AuditEvent:
+        """The ledger event of one store: the SHA-256 of the stored bytes, or why it was refused."""
+        entry = entries.get(outcome.sop_instance_uid or "") if outcome.status == "stored" else None
+        details: dict[str, str | int] = {}
+        patient = None
+        if entry is not None:
+            details = {
+                "sha256": entry.sha256.hex(),
+                "size": entry.size,
+                "study_uid": entry.study_uid,
+                "series_uid": entry.series_uid,
+            }
+            patient_id = _text_or_none(entry.metadata.get("00100020"))
+            patient = self.index.pseudonym("00100020", patient_id) if patient_id else None
+        failure = outcome.error
+        if failure is not None:
+            details["failure_reason"] = failure.failure_reason
+        return AuditEvent(
+            kind=EventKind.STORE,
+            time=datetime.now(UTC),
+            actor=actor or SYSTEM,
+            action="study.store",
+            outcome=Outcome.SUCCESS if outcome.status == "stored" else Outcome.FAILURE,
+            object=ObjectRef(type="instance", id=outcome.sop_instance_uid)
+            if outcome.sop_instance_uid
+            else None,
+            patient=patient,
+            reason=failure.message[:500] if failure is not None else None,
+            details=details,
+        )
 
     def _parse(self, data: bytes) -> ParsedInstance:
         if len(data) > self.max_instance_bytes:
@@ -337,12 +383,60 @@ class Archive:
 
     # -- delete ----------------------------------------------------------------------------------
 
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> int:
-        """Delete and crypto-shred: the wrapped data keys go with the index rows, then the objects."""
+    def delete(
+        self,
+        study_uid: str,
+        series_uid: str | None = None,
+        sop_uid: str | None = None,
+        *,
+        actor: Actor | None = None,
+    ) -> int:
+        """Delete and crypto-shred: the wrapped data keys go with the index rows, then the objects.
+        The ledger records each deleted instance (durably) before this returns."""
         records = self.instances(study_uid, series_uid, sop_uid)
+        facts = self.index.study_facts(study_uid=study_uid)
+        patient = next(iter(facts.values())).patient if facts else None
         for blob_key in self.index.delete_instances(records):
             self.blobs.delete(blob_key)
+        if self.audit is not None:
+            now = datetime.now(UTC)
+            self.audit.emit_many(
+                [
+                    AuditEvent(
+                        kind=EventKind.DELETE,
+                        time=now,
+                        actor=actor or SYSTEM,
+                        action="study.delete",
+                        outcome=Outcome.SUCCESS,
+                        object=ObjectRef(type="instance", id=r.sop_uid),
+                        patient=patient,
+                        details={"sha256": r.sha256.hex(), "study_uid": r.study_uid, "crypto_shredded": 1},
+                    )
+                    for r in records
+                ]
+            )
         return len(records)
+
+    def audit_read(
+        self, kind: Literal["query", "retrieve"], actor: Actor, study_ids: Sequence[int], **details: str | int
+    ) -> None:
+        """Record which studies a query or retrieval disclosed to whom (group-committed)."""
+        if self.audit is None or not study_ids:
+            return
+        now = datetime.now(UTC)
+        for fact in self.index.study_facts(study_ids=study_ids).values():
+            self.audit.emit(
+                AuditEvent(
+                    kind=EventKind.QUERY if kind == "query" else EventKind.RETRIEVE,
+                    time=now,
+                    actor=actor,
+                    action="study.read",
+                    outcome=Outcome.SUCCESS,
+                    object=ObjectRef(type="study", id=fact.study_uid),
+                    patient=fact.patient,
+                    details=dict(details),
+                )
+            )
 
     # -- keys ------------------------------------------------------------------------------------
 

@@ -1,39 +1,19 @@
-"""Audit sinks for policy decisions. The ledger sink (tamper-evident) is the default of a served
-home; this module also keeps the file sink used before a ledger exists and by tests."""
+"""Audit trails: the tamper-evident ledger (:class:`LedgerAudit`, what a home uses) and JSON-line
+log sinks. Nothing written here carries PHI: patients appear as keyed pseudonyms only."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
-from medvault.access.policy import DecisionEvent
+from medvault.access.policy import DecisionEvent, Principal
+from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
+from medvault.ledger.store import Ledger
 
 audit_log = logging.getLogger("medvault.audit")
-
-
-class LogAuditSink:
-    """Writes each decision as one JSON line to the ``medvault.audit`` logger (no PHI in events)."""
-
-    def record(self, event: DecisionEvent) -> None:
-        audit_log.info(
-            json.dumps(
-                {
-                    "at": event.at.isoformat(),
-                    "subject": event.subject,
-                    "method": event.method,
-                    "action": event.action,
-                    "allowed": event.allowed,
-                    "reason": event.reason,
-                    "obligations": list(event.obligations),
-                    "study_uid": event.study_uid,
-                    "patient": event.patient,
-                    "client": event.client,
-                },
-                separators=(",", ":"),
-            )
-        )
 
 
 class LogDimseAudit:
@@ -41,3 +21,87 @@ class LogDimseAudit:
 
     def __call__(self, event: Any) -> None:
         audit_log.info(json.dumps({"dimse": asdict(event)}, default=str, separators=(",", ":")))
+
+
+# -- the tamper-evident ledger as the audit trail ------------------------------------------------
+
+
+def actor_of(principal: Principal | None, client: str | None = None) -> Actor:
+    """The ledger's actor for a policy subject (a person, an API key, an OIDC identity)."""
+    if principal is None:
+        return Actor(kind=ActorKind.SYSTEM, id="anonymous", address=client)
+    kind = ActorKind.APIKEY if principal.method == "api-key" else ActorKind.USER
+    return Actor(kind=kind, id=principal.name, address=client, auth=principal.method)
+
+
+SYSTEM = Actor(kind=ActorKind.SYSTEM, id="medvault")
+
+
+class LedgerAudit:
+    """Writes medvault's audit trail into the ledger. Events that accompany reads (decisions,
+    queries, retrievals, associations) are group-committed; changes are durable before return."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def emit(self, event: AuditEvent) -> None:
+        if event.kind.is_read:
+            self.ledger.record(event)
+        else:
+            self.ledger.append(event)
+
+    def emit_many(self, events: list[AuditEvent]) -> None:
+        changes = [e for e in events if not e.kind.is_read]
+        for e in events:
+            if e.kind.is_read:
+                self.ledger.record(e)
+        if changes:
+            self.ledger.append_many(changes)
+
+    # AuditSink for the policy decision point
+    def record(self, event: DecisionEvent) -> None:
+        break_glass = "audit:break-glass" in event.obligations
+        actor = (
+            Actor(kind=ActorKind.SYSTEM, id="anonymous", address=event.client)
+            if event.subject is None
+            else Actor(
+                kind=ActorKind.APIKEY if event.method == "api-key" else ActorKind.USER,
+                id=event.subject,
+                address=event.client,
+                auth=event.method,
+            )
+        )
+        self.emit(
+            AuditEvent(
+                kind=EventKind.BREAK_GLASS if break_glass and event.allowed else EventKind.AUTHZ_DECISION,
+                time=event.at,
+                actor=actor,
+                action=event.action,
+                outcome=Outcome.SUCCESS if event.allowed else Outcome.DENIED,
+                object=ObjectRef(type="study", id=event.study_uid) if event.study_uid else None,
+                patient=event.patient,
+                reason=event.reason,
+                details={"obligations": ",".join(event.obligations)} if event.obligations else {},
+            )
+        )
+
+    # the DIMSE listener's audit callback
+    def dimse(self, event: Any) -> None:
+        details = {str(k): v for k, v in dict(event.details).items() if isinstance(v, (str, int))}
+        for name in ("calling_ae", "called_ae"):
+            if getattr(event, name, None):
+                details[name] = getattr(event, name)
+        self.emit(
+            AuditEvent(
+                kind=EventKind.ASSOCIATION,
+                time=datetime.now(UTC),
+                actor=Actor(kind=ActorKind.NODE, id=event.node or "unknown", address=event.peer, auth="mtls"),
+                action=event.action,
+                outcome={"success": Outcome.SUCCESS, "denied": Outcome.DENIED, "refused": Outcome.DENIED}.get(
+                    event.outcome,
+                    Outcome.SUCCESS if event.outcome in ("info", "warning") else Outcome.FAILURE,
+                ),
+                reason=event.reason,
+                details=details,
+            )
+        )

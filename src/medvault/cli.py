@@ -6,6 +6,7 @@ exit 1 — never a traceback.
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
 import sys
@@ -29,6 +30,7 @@ from medvault.archive import Archive, StoreOutcome
 from medvault.errors import ConfigError, MedvaultError
 from medvault.home import OpenHome, init_home, open_home
 from medvault.index.users import NewUser
+from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
 
 app = typer.Typer(
     name="medvault",
@@ -38,6 +40,10 @@ app = typer.Typer(
 )
 users_app = typer.Typer(help="People: accounts, roles, scopes, MFA, training.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key-encryption keys: status and online rotation.", no_args_is_help=True)
+ledger_app = typer.Typer(
+    help="The tamper-evident audit ledger: verify, key, checkpoint.", no_args_is_help=True
+)
+report_app = typer.Typer(help="Reports for privacy officers.", no_args_is_help=True)
 nodes_app = typer.Typer(
     help="DICOM nodes (modalities, PACS peers) allowed over mutual TLS.", no_args_is_help=True
 )
@@ -46,6 +52,8 @@ app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(apikeys_app, name="apikeys")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(report_app, name="report")
 
 out = Console()
 err = Console(stderr=True)
@@ -309,6 +317,7 @@ def keys_rotate(home: HomeOption = Path("medvault-home"), passphrase_file: Passp
         ) as progress:
             task = progress.add_task("rewrap", total=total_old)
             done = opened.archive.rewrap_all(progress=lambda n: progress.advance(task, n))
+        _record_change(opened, EventKind.KEY_ROTATION, "keys.rotate", "kek", current)
     finally:
         opened.close()
     out.print(f"New KEK local-{version} is current; {done} data keys rewrapped.")
@@ -336,6 +345,7 @@ def users_add(
             now=datetime.now(UTC),
             training_expires=date.fromisoformat(training) if training else None,
         )
+        _record_change(opened, EventKind.USER_CHANGE, "user.add", "user", name)
         _show_new_user(created, home)
     finally:
         opened.close()
@@ -363,10 +373,34 @@ def users_list(home: HomeOption = Path("medvault-home"), passphrase_file: Passph
     out.print(table)
 
 
-def _user_action(home: Path, passphrase_file: Path | None, action: Callable[[OpenHome], str]) -> None:
+def _record_change(opened: OpenHome, kind: EventKind, action: str, obj_type: str, obj_id: str) -> None:
+    """Ledger a change made from the command line (durable before the command reports success).
+    The actor is the operating-system account that held the home's passphrase."""
+    opened.ledger.append(
+        AuditEvent(
+            kind=kind,
+            time=datetime.now(UTC),
+            actor=Actor(kind=ActorKind.USER, id=f"cli:{getpass.getuser()}", auth="home-passphrase"),
+            action=action,
+            outcome=Outcome.SUCCESS,
+            object=ObjectRef(type=obj_type, id=obj_id),
+        )
+    )
+
+
+def _user_action(
+    home: Path,
+    passphrase_file: Path | None,
+    action: Callable[[OpenHome], str],
+    change: tuple[EventKind, str, str, str] | None = None,
+) -> None:
+    """Run one change on an opened home, ledger it as ``change`` (kind, action, type, id), report."""
     opened = _open(home, passphrase_file)
     try:
-        out.print(action(opened), highlight=False)
+        message = action(opened)
+        if change is not None:
+            _record_change(opened, *change)
+        out.print(message, highlight=False)
     finally:
         opened.close()
 
@@ -377,7 +411,10 @@ def users_disable(
 ) -> None:
     """Disable an account; its sessions end at once."""
     _user_action(
-        home, passphrase_file, lambda o: f"{o.users.disable(name, now=datetime.now(UTC)).name} disabled"
+        home,
+        passphrase_file,
+        lambda o: f"{o.users.disable(name, now=datetime.now(UTC)).name} disabled",
+        (EventKind.USER_CHANGE, "user.disable", "user", name),
     )
 
 
@@ -386,7 +423,12 @@ def users_enable(
     name: NameArg, home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
 ) -> None:
     """Enable a disabled account."""
-    _user_action(home, passphrase_file, lambda o: f"{o.users.enable(name).name} enabled")
+    _user_action(
+        home,
+        passphrase_file,
+        lambda o: f"{o.users.enable(name).name} enabled",
+        (EventKind.USER_CHANGE, "user.enable", "user", name),
+    )
 
 
 @users_app.command("reset-mfa")
@@ -396,7 +438,9 @@ def users_reset_mfa(
     """New TOTP secret and recovery codes (shown once); ends the user's sessions."""
     opened = _open(home, passphrase_file)
     try:
-        _show_enrolment(opened.users.reset_mfa(name, now=datetime.now(UTC)), home, name)
+        enrolment = opened.users.reset_mfa(name, now=datetime.now(UTC))
+        _record_change(opened, EventKind.USER_CHANGE, "user.reset_mfa", "user", name)
+        _show_enrolment(enrolment, home, name)
     finally:
         opened.close()
 
@@ -413,6 +457,7 @@ def users_set_roles(
         home,
         passphrase_file,
         lambda o: f"{name}: {', '.join(sorted(o.users.set_roles(name, roles_from(roles)).roles))}",
+        (EventKind.ROLE_CHANGE, "user.set_roles", "user", name),
     )
 
 
@@ -439,7 +484,7 @@ def users_grant(
         )
         return f"granted {k} access to {name}"
 
-    _user_action(home, passphrase_file, act)
+    _user_action(home, passphrase_file, act, (EventKind.GRANT_CHANGE, f"grant.add.{kind}", "user", name))
 
 
 @users_app.command("revoke")
@@ -457,6 +502,7 @@ def users_revoke(
         lambda o: (
             f"{o.users.revoke_grant(name, kind=kind, value=grant_value(o.archive.index, kind, value))} gone"
         ),
+        (EventKind.GRANT_CHANGE, f"grant.revoke.{kind}", "user", name),
     )
 
 
@@ -474,6 +520,7 @@ def users_training(
         lambda o: (
             f"{name}: training until {o.users.set_training(name, date.fromisoformat(until)).training_expires}"
         ),
+        (EventKind.USER_CHANGE, "user.training", "user", name),
     )
 
 
@@ -491,7 +538,115 @@ def users_referring(
         lambda o: (
             f"{o.users.set_referring_id(name, referring_identity(o.archive.index, physician_name)).name} ok"
         ),
+        (EventKind.USER_CHANGE, "user.referring", "user", name),
     )
+
+
+# -- ledger and reports ----------------------------------------------------------------------------
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    trusted_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A checkpoint saved earlier: the log must still contain it (no rollback)."),
+    ] = None,
+    objects: Annotated[
+        bool, typer.Option(help="Also check every stored object against its store event.")
+    ] = True,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Recompute the Merkle tree from storage, check every signed checkpoint and their consistency,
+    name the first altered/removed/reordered/inserted entry, and check every stored image."""
+    from medvault.ledger.verify import verify_ledger
+    from medvault.reports import verify_objects
+
+    opened = _open(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        report = verify_ledger(
+            opened.path(opened.settings.ledger.database),
+            verifier_key=opened.ledger.verifier_key_text(),
+            trusted_checkpoint=trusted_checkpoint.read_bytes() if trusted_checkpoint else None,
+        )
+        out.print(report.summary(), highlight=False, soft_wrap=True)
+        problems: list[str] = []
+        if objects:
+            total = opened.archive.index.count_instances()
+            with Progress(
+                TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
+            ) as progress:
+                task = progress.add_task("objects", total=total)
+                problems = verify_objects(opened, progress=lambda n: progress.advance(task, n))
+            for problem in problems:
+                out.print(f"  - {problem}", highlight=False, soft_wrap=True)
+            out.print(
+                f"objects: {total - len(problems)} of {total} match their store events", highlight=False
+            )
+    finally:
+        opened.close()
+    if not report.ok or problems:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("key")
+def ledger_key(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """Print the note verifier key auditors use to check checkpoints offline."""
+    _user_action(home, passphrase_file, lambda o: o.ledger.verifier_key_text())
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(
+    home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
+) -> None:
+    """Sign and print a checkpoint for the current log (keep it: `verify --trusted-checkpoint`)."""
+    opened = _open(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        sys.stdout.write(opened.ledger.checkpoint().decode())
+    finally:
+        opened.close()
+
+
+@report_app.command("disclosures")
+def report_disclosures(
+    patient_id: Annotated[str, typer.Option("--patient-id", help="The patient's PatientID.")],
+    since: Annotated[str | None, typer.Option(help="Only from this date (YYYY-MM-DD).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines instead of a table.")] = False,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Accounting of disclosures: who accessed which of this patient's studies, when, how and why."""
+    import json
+
+    from medvault.reports import disclosures
+
+    opened = _open(home, passphrase_file)
+    try:
+        start = datetime.combine(date.fromisoformat(since), datetime.min.time(), UTC) if since else None
+        rows = disclosures(opened, patient_id, since=start)
+    finally:
+        opened.close()
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.as_dict(), separators=(",", ":")))
+        return
+    table = Table(title=f"disclosures ({len(rows)})")
+    for column in ("time", "who", "how", "what", "study", "outcome", "why"):
+        table.add_column(column)
+    for r in rows:
+        who = f"{r.actor} ({r.actor_kind}{', ' + r.address if r.address else ''})"
+        table.add_row(
+            r.time[:19],
+            who,
+            r.auth or "",
+            f"{r.kind} {r.action}",
+            r.study_uid or "",
+            r.outcome,
+            r.reason or "",
+        )
+    out.print(table)
 
 
 # -- DICOM nodes -----------------------------------------------------------------------------------
@@ -520,9 +675,11 @@ def nodes_add(
     try:
         nodes = node_store(opened)
         perms = [p.strip() for p in permissions.split(",") if p.strip()]
+        change = (EventKind.NODE_CHANGE, "node.add", "node", name)
         if certificate is not None:
             nodes.add(name, ae_title=ae_title, host=host, port=port, permissions=perms,
                              certificate_pem=certificate.read_bytes())  # fmt: skip
+            _record_change(opened, *change)
             out.print(f"Node {name} registered (AE {ae_title}); certificate pinned by fingerprint.")
             return
         issued = nodes.add(
@@ -530,6 +687,7 @@ def nodes_add(
         )
         assert isinstance(issued, IssuedNode)
         cert_path, key_path = write_node_credentials(issued, out_dir)
+        _record_change(opened, *change)
         out.print(f"Node {name} (AE {ae_title}, permissions {', '.join(sorted(perms))}) registered.")
         out.print(f"  certificate : {cert_path}", highlight=False, soft_wrap=True)
         out.print(
@@ -584,7 +742,7 @@ def nodes_revoke(
         node_store(o).revoke(name)
         return f"node {name} revoked"
 
-    _user_action(home, passphrase_file, act)
+    _user_action(home, passphrase_file, act, (EventKind.NODE_CHANGE, "node.revoke", "node", name))
 
 
 # -- API keys --------------------------------------------------------------------------------------
@@ -604,6 +762,7 @@ def apikeys_create(
     opened = _open(home, passphrase_file)
     try:
         key = opened.api_keys.create(name, role=role, expires_days=expires)
+        _record_change(opened, EventKind.APIKEY_CHANGE, "apikey.create", "apikey", name)
     finally:
         opened.close()
     out.print(f"API key {name!r} (role {role}); send it as 'Authorization: Bearer <key>':")
@@ -642,6 +801,7 @@ def apikeys_revoke(
     opened = _open(home, passphrase_file)
     try:
         opened.api_keys.revoke(name)
+        _record_change(opened, EventKind.APIKEY_CHANGE, "apikey.revoke", "apikey", name)
     finally:
         opened.close()
     out.print(f"API key {name!r} revoked.")

@@ -64,6 +64,16 @@ class DimseSettings:
 
 
 @dataclass(frozen=True)
+class LedgerSettings:
+    """The tamper-evident audit log. ``origin`` names the log in its signed checkpoints; it is set
+    at ``init`` and must never change for an existing ledger."""
+
+    database: str = "ledger.db"
+    origin: str = "medvault.local/ledger"
+    checkpoint_seconds: int = 10
+
+
+@dataclass(frozen=True)
 class OidcSettings:
     """Bearer JWTs from the site's identity provider (Keycloak, Entra ID…); off when issuer is empty."""
 
@@ -90,6 +100,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     dimse: DimseSettings = field(default_factory=DimseSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
 
@@ -100,6 +111,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "storage": StorageSettings,
     "index": IndexSettings,
     "dimse": DimseSettings,
+    "ledger": LedgerSettings,
     "oidc": OidcSettings,
     "access": AccessSettings,
 }
@@ -190,6 +202,11 @@ host = "127.0.0.1"          # "0.0.0.0" to accept modalities on the network
 port = 2762                 # the registered DICOM-TLS port
 ae_title = "MEDVAULT"
 allow_plain = false         # true ONLY for a legacy modality on an isolated network (warns, audited)
+
+[ledger]                    # tamper-evident audit log (RFC 9162 Merkle tree, signed checkpoints)
+database = "ledger.db"
+origin = "{origin}"         # names this log in its checkpoints; never change it afterwards
+checkpoint_seconds = 10     # how often a new signed checkpoint is published (when the log grew)
 
 [oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
 issuer = ""

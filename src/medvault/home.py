@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from medvault.access.oidc import OidcConfig, OidcVerifier
 from medvault.access.policy import DecisionPoint, load_roles
 from medvault.archive import Archive
-from medvault.audit import LogAuditSink
+from medvault.audit import LedgerAudit
 from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, load_settings
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import KeyringKekProvider
@@ -43,6 +46,8 @@ from medvault.guard import Guard
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.store import Index
 from medvault.index.users import NewUser, UserStore
+from medvault.ledger.note import Signer
+from medvault.ledger.store import Ledger
 from medvault.storage.filesystem import FilesystemBlobStore
 
 KEYRING_FILE = "keyring.sealed"
@@ -91,7 +96,8 @@ def init_home(
     _write_private(root / "tls" / "ca.key", encrypt_private_key(ca_key, keyring.tls_secret))
     (root / "tls" / "server.crt").write_bytes(cert)
     _write_private(root / "tls" / "server.key", encrypt_private_key(key, keyring.tls_secret))
-    (root / CONFIG_FILE).write_text(DEFAULT_CONFIG_TEXT, encoding="utf-8")
+    origin = f"{(names[1] if len(names) > 1 else names[0])}/medvault/ledger"
+    (root / CONFIG_FILE).write_text(DEFAULT_CONFIG_TEXT.replace("{origin}", origin), encoding="utf-8")
 
     opened = open_home(root, passphrase)
     try:
@@ -131,8 +137,14 @@ class OpenHome:
             self.path(tls.certificate), self.path(tls.private_key), key_password=password
         )
 
+    @property
+    def ledger(self) -> Ledger:
+        assert self.archive.audit is not None
+        return self.archive.audit.ledger
+
     def close(self) -> None:
         self.archive.close()
+        self.ledger.close()
 
 
 class _KeyringWatcher:
@@ -163,6 +175,12 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
         root / settings.index.database, cipher=cipher, blind=BlindIndex(keyring.blind_index_key)
     )
     blobs = FilesystemBlobStore(root / settings.storage.objects, fsync=settings.storage.fsync)
+    ledger = Ledger.open(
+        root / settings.ledger.database,
+        signer=Signer.from_private_bytes(name=settings.ledger.origin, seed=ledger_signing_seed(keyring)),
+        origin=settings.ledger.origin,
+    )
+    audit = LedgerAudit(ledger)
     keks = KeyringKekProvider(keyring, reload=keyring_file.reload)
     archive = Archive(
         index=index,
@@ -170,6 +188,7 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
         keks=keks,
         max_instance_bytes=settings.server.max_instance_bytes,
         refresh_keys=_KeyringWatcher(root / KEYRING_FILE, keks),
+        audit=audit,
     )
     roles = load_roles(_role_overrides(settings.access.roles)) if settings.access.roles else None
     users = (
@@ -177,9 +196,16 @@ def open_home(root: Path, passphrase: str) -> OpenHome:
         if roles
         else UserStore(index.engine, cipher=cipher)
     )
-    guard = Guard(pdp=DecisionPoint(sink=LogAuditSink(), roles=roles), index=index)
+    guard = Guard(pdp=DecisionPoint(sink=audit, roles=roles), index=index)
     return OpenHome(
         root, settings, keyring_file, archive, ApiKeyStore(index.engine), users, guard, _oidc(root, settings)
+    )
+
+
+def ledger_signing_seed(keyring: Keyring) -> bytes:
+    """The Ed25519 seed that signs ledger checkpoints, derived (HKDF) from the sealed keyring."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"medvault/ledger-signing/v1").derive(
+        keyring.tls_secret
     )
 
 

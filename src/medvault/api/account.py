@@ -22,8 +22,10 @@ from medvault.api.auth import (
     client_address,
     csrf_token_for,
 )
-from medvault.errors import InvalidInput, UnsupportedMedia
-from medvault.index.users import UserStore
+from medvault.archive import Archive
+from medvault.errors import InvalidInput, MedvaultError, UnsupportedMedia
+from medvault.index.users import User, UserStore
+from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, Outcome
 
 router = APIRouter(prefix="/auth")
 MAX_FORM_BYTES = 16 * 1024
@@ -70,14 +72,46 @@ def _token_answer(pair: TokenPair) -> JSONResponse:
     )
 
 
+def _login_event(request: Request, username: str, outcome: Outcome, reason: str | None) -> None:
+    archive: Archive = request.app.state.archive
+    if archive.audit is None:
+        return
+    archive.audit.emit(
+        AuditEvent(
+            kind=EventKind.LOGIN,
+            time=datetime.now(UTC),
+            actor=Actor(
+                kind=ActorKind.USER,
+                id=username[:200] or "-",
+                address=client_address(request),
+                auth="password+totp",
+            ),
+            action="auth.token",
+            outcome=outcome,
+            reason=reason,
+        )
+    )
+
+
 def _sign_in(request: Request, fields: dict[str, str]) -> TokenPair:
     users: UserStore = request.app.state.users
     now = datetime.now(UTC)
     username, password = _required(fields, "username", "password")
-    user = users.authenticate_password(
+    try:
+        user = _authenticate(request, users, username, password, fields, now)
+    except MedvaultError as exc:
+        _login_event(request, username, Outcome.DENIED, exc.message)
+        raise
+    _login_event(request, username, Outcome.SUCCESS, None)
+    return users.issue_tokens(user, now=now)
+
+
+def _authenticate(
+    request: Request, users: UserStore, username: str, password: str, fields: dict[str, str], now: datetime
+) -> User:
+    return users.authenticate_password(
         username, password, fields.get("otp", ""), client_address(request) or "-", now
     )
-    return users.issue_tokens(user, now=now)
 
 
 @router.post("/token")

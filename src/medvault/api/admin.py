@@ -5,6 +5,7 @@ token or key except the one-time secrets of a newly created account or key."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -12,14 +13,17 @@ from typing import Any, cast
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from medvault.access.policy import GRANT_KINDS, ROLES, GrantKind
+from medvault.access.policy import GRANT_KINDS, ROLES, GrantKind, Principal
 from medvault.api.account import read_fields
 from medvault.api.auth import ManagesUsers, ReviewsBreakGlass, UsesBreakGlass, client_address
+from medvault.archive import Archive
+from medvault.audit import actor_of
 from medvault.errors import InvalidInput
 from medvault.guard import Guard
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.store import TAG_DEPARTMENT, TAG_PATIENT_ID, TAG_REFERRING, Index
 from medvault.index.users import NewUser, User, UserStore
+from medvault.ledger.events import AuditEvent, EventKind, ObjectRef, Outcome
 
 router = APIRouter(prefix="/api")
 
@@ -87,6 +91,24 @@ def referring_identity(index: Index, physician_name: str) -> str:
     return index.pseudonym(TAG_REFERRING, physician_name)
 
 
+def changed(
+    request: Request, who: Principal, kind: EventKind, action: str, obj_type: str, obj_id: str
+) -> None:
+    """Ledger an administrative change, durably, before the route answers."""
+    archive: Archive = request.app.state.archive
+    if archive.audit is not None:
+        archive.audit.emit(
+            AuditEvent(
+                kind=kind,
+                time=datetime.now(UTC),
+                actor=actor_of(who, client_address(request)),
+                action=action,
+                outcome=Outcome.SUCCESS,
+                object=ObjectRef(type=obj_type, id=obj_id or "-"),
+            )
+        )
+
+
 def no_store(payload: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(payload, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -103,22 +125,28 @@ async def add_user(request: Request, who: ManagesUsers) -> Response:
     roles = roles_from(fields.get("roles", ""))
     training = date.fromisoformat(fields["training_expires"]) if fields.get("training_expires") else None
     created = _users(request).add_user(name, roles=roles, now=datetime.now(UTC), training_expires=training)
+    changed(request, who, EventKind.USER_CHANGE, "user.add", "user", name)
     return no_store(new_user_json(created), 201)
 
 
 @router.post("/users/{name}/disable")
 def disable_user(name: str, request: Request, who: ManagesUsers) -> Response:
-    return no_store(user_json(_users(request).disable(name, now=datetime.now(UTC))))
+    user = _users(request).disable(name, now=datetime.now(UTC))
+    changed(request, who, EventKind.USER_CHANGE, "user.disable", "user", name)
+    return no_store(user_json(user))
 
 
 @router.post("/users/{name}/enable")
 def enable_user(name: str, request: Request, who: ManagesUsers) -> Response:
-    return no_store(user_json(_users(request).enable(name)))
+    user = _users(request).enable(name)
+    changed(request, who, EventKind.USER_CHANGE, "user.enable", "user", name)
+    return no_store(user_json(user))
 
 
 @router.post("/users/{name}/reset-mfa")
 def reset_mfa(name: str, request: Request, who: ManagesUsers) -> Response:
     enrolment = _users(request).reset_mfa(name, now=datetime.now(UTC))
+    changed(request, who, EventKind.USER_CHANGE, "user.reset_mfa", "user", name)
     return no_store(
         {
             "uri": enrolment.uri,
@@ -131,7 +159,9 @@ def reset_mfa(name: str, request: Request, who: ManagesUsers) -> Response:
 @router.put("/users/{name}/roles")
 async def set_roles(name: str, request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
-    return no_store(user_json(_users(request).set_roles(name, roles_from(fields.get("roles", "")))))
+    user = _users(request).set_roles(name, roles_from(fields.get("roles", "")))
+    changed(request, who, EventKind.ROLE_CHANGE, "user.set_roles", "user", name)
+    return no_store(user_json(user))
 
 
 @router.put("/users/{name}/training")
@@ -141,7 +171,9 @@ async def set_training(name: str, request: Request, who: ManagesUsers) -> Respon
         expires = date.fromisoformat(fields.get("expires", ""))
     except ValueError:
         raise InvalidInput("expires must be a date (YYYY-MM-DD)") from None
-    return no_store(user_json(_users(request).set_training(name, expires)))
+    user = _users(request).set_training(name, expires)
+    changed(request, who, EventKind.USER_CHANGE, "user.training", "user", name)
+    return no_store(user_json(user))
 
 
 @router.put("/users/{name}/referring")
@@ -150,7 +182,9 @@ async def set_referring(name: str, request: Request, who: ManagesUsers) -> Respo
     fields = await read_fields(request)
     physician = fields.get("physician_name", "")
     identity = referring_identity(_index(request), physician) if physician else None
-    return no_store(user_json(_users(request).set_referring_id(name, identity)))
+    user = _users(request).set_referring_id(name, identity)
+    changed(request, who, EventKind.USER_CHANGE, "user.referring", "user", name)
+    return no_store(user_json(user))
 
 
 @router.get("/users/{name}/grants")
@@ -177,6 +211,7 @@ async def add_grant(name: str, request: Request, who: ManagesUsers) -> Response:
     days = fields.get("days")
     expires = datetime.now(UTC) + timedelta(days=int(days)) if days and days.isdigit() else None
     _users(request).grant(name, kind=kind, value=value, now=datetime.now(UTC), expires_at=expires)
+    changed(request, who, EventKind.GRANT_CHANGE, f"grant.add.{kind}", "user", name)
     return Response(status_code=204)
 
 
@@ -187,6 +222,7 @@ async def revoke_grant(name: str, request: Request, who: ManagesUsers) -> Respon
     removed = _users(request).revoke_grant(
         name, kind=kind, value=grant_value(_index(request), kind, fields.get("value", ""))
     )
+    changed(request, who, EventKind.GRANT_CHANGE, f"grant.revoke.{kind}", "user", name)
     return no_store({"removed": removed})
 
 
@@ -218,6 +254,7 @@ async def create_api_key(request: Request, who: ManagesUsers) -> Response:
     key = keys.create(
         fields.get("name", ""), role=role, expires_days=int(days) if days and days.isdigit() else None
     )
+    changed(request, who, EventKind.APIKEY_CHANGE, "apikey.create", "apikey", fields.get("name", ""))
     return no_store({"name": fields.get("name"), "role": role, "key": key}, 201)
 
 
@@ -225,6 +262,7 @@ async def create_api_key(request: Request, who: ManagesUsers) -> Response:
 def revoke_api_key(name: str, request: Request, who: ManagesUsers) -> Response:
     keys: ApiKeyStore = request.app.state.api_keys
     keys.revoke(name)
+    changed(request, who, EventKind.APIKEY_CHANGE, "apikey.revoke", "apikey", name)
     return Response(status_code=204)
 
 
@@ -241,6 +279,24 @@ async def open_break_glass(request: Request, who: UsesBreakGlass) -> Response:
         pdp=guard.pdp,
         client=client_address(request),
     )
+    archive: Archive = request.app.state.archive
+    if archive.audit is not None:
+        # The reason is free text that may name a patient: it stays encrypted in the session
+        # record, and the ledger carries its SHA-256 so the text auditors see is provably the one given.
+        reason_hash = hashlib.sha256(fields.get("reason", "").encode()).hexdigest()
+        facts = archive.index.study_facts(study_uid=session.study_uid)
+        archive.audit.emit(
+            AuditEvent(
+                kind=EventKind.BREAK_GLASS,
+                time=datetime.now(UTC),
+                actor=actor_of(who, client_address(request)),
+                action="breakglass.open",
+                outcome=Outcome.SUCCESS,
+                object=ObjectRef(type="study", id=session.study_uid),
+                patient=next(iter(facts.values())).patient if facts else None,
+                details={"reason_sha256": reason_hash, "expires_at": session.expires_at.isoformat()},
+            )
+        )
     return no_store({"study_uid": session.study_uid, "expires_at": session.expires_at.isoformat()}, 201)
 
 

@@ -22,6 +22,7 @@ from medvault.api.account import router as account_router
 from medvault.api.admin import router as admin_router
 from medvault.api.auth import BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
+from medvault.api.ledger import router as ledger_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
@@ -129,4 +130,5 @@ def create_app(
     app.include_router(dicomweb_router)
     app.include_router(account_router)
     app.include_router(admin_router)
+    app.include_router(ledger_router)
     return app

@@ -28,6 +28,7 @@ from medvault.api.negotiation import (
 )
 from medvault.api.qido import parse_query, shape_results
 from medvault.archive import Archive, StoreOutcome
+from medvault.audit import actor_of
 from medvault.dicom.dicomjson import json_to_dataset, with_bulk_data_base
 from medvault.dicom.render import render_frame, uncompressed_frame
 from medvault.dicom.transcode import transcode_to_explicit_little_endian
@@ -63,9 +64,16 @@ def base_url(request: Request) -> str:
 
 
 def allow_study(request: Request, who: Principal, action: Action, study: str) -> None:
-    """The per-study decision; out of scope answers exactly like a missing study (404)."""
+    """The per-study decision; out of scope answers exactly like a missing study (404). A permitted
+    read is recorded in the ledger as a disclosure of that study to this subject."""
     guard: Guard = request.app.state.guard
     guard.study(who, action, study, client=client_address(request))
+    if action is Action.STUDY_READ:
+        archive: Archive = request.app.state.archive
+        facts = archive.index.study_facts(study_uid=study)
+        archive.audit_read(
+            "retrieve", actor_of(who, client_address(request)), list(facts), route=request.url.path[:300]
+        )
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -98,7 +106,7 @@ def _ref_item(o: StoreOutcome) -> Json:
     return item
 
 
-async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Response:
+async def _stow(request: Request, archive: Archive, who: Principal, study_uid: str | None) -> Response:
     content_type = request.headers.get("content-type")
     if not content_type:
         raise UnsupportedMedia(
@@ -117,7 +125,11 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Re
         else:
             dicom_positions.append(pos)
     stored = await run_in_threadpool(
-        archive.store_batch, [parts[p].body for p in dicom_positions], study_uid=study_uid
+        lambda: archive.store_batch(
+            [parts[p].body for p in dicom_positions],
+            study_uid=study_uid,
+            actor=actor_of(who, client_address(request)),
+        )
     )
     for pos, outcome in zip(dicom_positions, stored, strict=True):
         outcomes[pos] = outcome
@@ -168,12 +180,12 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> Re
 
 @router.post("/studies")
 async def stow_studies(request: Request, archive: ArchiveDep, who: CanStore) -> Response:
-    return await _stow(request, archive, None)
+    return await _stow(request, archive, who, None)
 
 
 @router.post("/studies/{study}")
 async def stow_study(study: str, request: Request, archive: ArchiveDep, who: CanStore) -> Response:
-    return await _stow(request, archive, study)
+    return await _stow(request, archive, who, study)
 
 
 # -- QIDO-RS ---------------------------------------------------------------------------------------
@@ -197,6 +209,13 @@ def _qido(
         offset=query.offset,
         limit=query.limit,
         visible=guard.visible(who, Action.STUDY_READ, client=client_address(request)),
+    )
+    archive.audit_read(
+        "query",
+        actor_of(who, client_address(request)),
+        sorted({h.study_id for h in hits}),
+        level=level,
+        results=len(hits),
     )
     return json_response(shape_results(level, hits, query, index=archive.index, base_url=base_url(request)))
 
@@ -552,14 +571,14 @@ def instance_thumbnail(
 @router.delete("/studies/{study}")
 def delete_study(study: str, request: Request, archive: ArchiveDep, who: CanDelete) -> Response:
     allow_study(request, who, Action.STUDY_DELETE, study)
-    archive.delete(study)
+    archive.delete(study, actor=actor_of(who, client_address(request)))
     return Response(status_code=204)
 
 
 @router.delete("/studies/{study}/series/{series}")
 def delete_series(study: str, series: str, request: Request, archive: ArchiveDep, who: CanDelete) -> Response:
     allow_study(request, who, Action.STUDY_DELETE, study)
-    archive.delete(study, series)
+    archive.delete(study, series, actor=actor_of(who, client_address(request)))
     return Response(status_code=204)
 
 
@@ -568,5 +587,5 @@ def delete_instance(
     study: str, series: str, sop: str, request: Request, archive: ArchiveDep, who: CanDelete
 ) -> Response:
     allow_study(request, who, Action.STUDY_DELETE, study)
-    archive.delete(study, series, sop)
+    archive.delete(study, series, sop, actor=actor_of(who, client_address(request)))
     return Response(status_code=204)

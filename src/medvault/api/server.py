@@ -81,12 +81,35 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _checkpointer(opened: OpenHome) -> threading.Event:
+    """Publish a signed checkpoint every [ledger] checkpoint_seconds while the log grows."""
+    stop = threading.Event()
+    interval = max(1, opened.settings.ledger.checkpoint_seconds)
+
+    def run() -> None:
+        signed = -1
+        while not stop.wait(interval):
+            try:
+                ledger = opened.ledger
+                ledger.flush()
+                if ledger.size != signed:
+                    ledger.checkpoint()
+                    signed = ledger.size
+            except Exception as exc:  # keep serving; the next round tries again
+                log.error("ledger checkpoint failed: %s", type(exc).__name__)
+
+    threading.Thread(target=run, name="medvault-checkpointer", daemon=True).start()
+    return stop
+
+
 def _worker(root: Path, passphrase: str, sock: socket.socket) -> None:
     setup_logging(root)
     opened = open_home(root, passphrase)
+    stop = _checkpointer(opened)
     try:
         uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
     finally:
+        stop.set()
         opened.close()
 
 
@@ -108,7 +131,7 @@ def _start_dimse(opened: OpenHome) -> object | None:
         archive=opened.archive,
         nodes=node_store(opened),
         tls=tls,
-        audit=LogDimseAudit(),
+        audit=opened.archive.audit.dimse if opened.archive.audit is not None else LogDimseAudit(),
         host=config.host,
         port=config.port,
         ae_title=config.ae_title,
@@ -147,9 +170,11 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
     if workers <= 1:
         opened = open_home(root, passphrase)
         dimse = _start_dimse(opened)
+        checkpoints = _checkpointer(opened)
         try:
             uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
         finally:
+            checkpoints.set()
             if dimse is not None:
                 dimse.shutdown()  # type: ignore[attr-defined]
             opened.close()

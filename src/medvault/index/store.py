@@ -669,6 +669,22 @@ class Index:
                 changed += result.rowcount
         return changed
 
+    def iter_instances(self) -> Iterator[InstanceRecord]:
+        """Every instance record, in storage order (for integrity sweeps)."""
+        last_id = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    self._instance_query()
+                    .where(t.instances.c.id > last_id)
+                    .order_by(t.instances.c.id)
+                    .limit(_SCAN_BATCH)
+                ).all()
+            if not rows:
+                return
+            last_id = rows[-1].id
+            yield from (self._record(r) for r in rows)
+
     def count_instances(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.instances)).scalar_one())

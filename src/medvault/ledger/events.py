@@ -70,8 +70,22 @@ class EventKind(enum.StrEnum):
 
     @property
     def is_read(self) -> bool:
-        """Read events (query, retrieve) may be group-committed; every other kind is a change."""
-        return self in (EventKind.QUERY, EventKind.RETRIEVE)
+        """Events that accompany reads and may be group-committed: queries, retrievals, the
+        authorization decisions and sign-ins around them, and DICOM associations. Changes to data,
+        accounts, grants, keys, nodes or configuration are durable before they are acknowledged."""
+        return self in _GROUP_COMMITTED
+
+
+_GROUP_COMMITTED = frozenset(
+    {
+        EventKind.QUERY,
+        EventKind.RETRIEVE,
+        EventKind.AUTHZ_DECISION,
+        EventKind.LOGIN,
+        EventKind.LOGOUT,
+        EventKind.ASSOCIATION,
+    }
+)
 
 
 class ActorKind(enum.StrEnum):

@@ -164,7 +164,15 @@ def test_event_is_frozen_and_details_immutable() -> None:
 
 
 def test_kinds() -> None:
-    assert {k for k in EventKind if k.is_read} == {EventKind.QUERY, EventKind.RETRIEVE}
+    assert {k for k in EventKind if k.is_read} == {
+        EventKind.QUERY,
+        EventKind.RETRIEVE,
+        EventKind.AUTHZ_DECISION,
+        EventKind.LOGIN,
+        EventKind.LOGOUT,
+        EventKind.ASSOCIATION,
+    }
+    assert not any(k.is_read for k in (EventKind.STORE, EventKind.DELETE, EventKind.GRANT_CHANGE))
     assert EventKind("break_glass") is EventKind.BREAK_GLASS
     assert Outcome.DENIED.value == "denied"
     minimal = AuditEvent(

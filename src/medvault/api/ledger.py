@@ -1,0 +1,60 @@
+"""The ledger at /ledger (DESIGN.md "Interfaces"): entries exactly as hashed, the latest signed
+checkpoint, the note verifier key, and RFC 9162 proofs. Reading it needs ledger.read."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from medvault.access.policy import Action, Principal
+from medvault.api.auth import require
+from medvault.archive import Archive
+from medvault.errors import NotFound
+from medvault.ledger.store import Ledger
+
+router = APIRouter(prefix="/ledger")
+ReadsLedger = Annotated[Principal, Depends(require(Action.LEDGER_READ))]
+NonNegative = Annotated[int, Query(ge=0)]
+
+
+def _ledger(request: Request) -> Ledger:
+    archive: Archive = request.app.state.archive
+    if archive.audit is None:
+        raise NotFound("this archive keeps no ledger")
+    return archive.audit.ledger
+
+
+@router.get("/entries/{index}")
+def entry(index: int, request: Request, who: ReadsLedger) -> Response:
+    """The leaf bytes exactly as hashed into the tree (canonical JSON, RFC 8785)."""
+    if index < 0:
+        raise NotFound("no such entry")
+    return Response(_ledger(request).entry(index), media_type="application/json")
+
+
+@router.get("/checkpoint")
+def checkpoint(request: Request, who: ReadsLedger) -> Response:
+    """The latest signed checkpoint (C2SP tlog-checkpoint as a signed note)."""
+    ledger = _ledger(request)
+    note = ledger.latest_checkpoint()
+    if note is None or not note:
+        note = ledger.checkpoint()
+    return Response(note, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/key")
+def key(request: Request, who: ReadsLedger) -> Response:
+    """The note verifier key: <name>+<hex key hash>+<base64(0x01 || Ed25519 public key)>."""
+    return Response(_ledger(request).verifier_key_text() + "\n", media_type="text/plain; charset=utf-8")
+
+
+@router.get("/proof/inclusion")
+def inclusion(index: NonNegative, tree_size: NonNegative, request: Request, who: ReadsLedger) -> Response:
+    return JSONResponse(_ledger(request).inclusion_proof(index, tree_size).to_json())
+
+
+@router.get("/proof/consistency")
+def consistency(first: NonNegative, second: NonNegative, request: Request, who: ReadsLedger) -> Response:
+    return JSONResponse(_ledger(request).consistency_proof(first, second).to_json())
