@@ -7,7 +7,9 @@ because pynetdicom installs same-named scripts into the virtualenv.
 
 from __future__ import annotations
 
+import json
 import socket
+import sqlite3
 import ssl
 import subprocess
 import threading
@@ -812,7 +814,26 @@ def test_serve_starts_the_dimse_listener_and_nodes_cli_issues_certificates(
             break
         time.sleep(0.3)  # the DIMSE worker process may still be starting
     assert result.returncode == 0, result.stderr
+    files = generate_study(tmp_path / "scan", seed=41, series=1, instances=1, rows=32, cols=32,
+                           patient_name="NODE^PAT", patient_id="NODE-1")  # fmt: skip
+    store = [echo[0].replace("echoscu", "storescu"), *echo[1:], str(files[0])]
+    stored = subprocess.run(store, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert stored.returncode == 0, stored.stderr
     assert "ct1" in home.cli("nodes", "list").stdout
     home.cli("nodes", "revoke", "ct1")
+    time.sleep(0.5)  # decisions are group-committed
+    rows = [
+        json.loads(x)
+        for x in home.cli("report", "disclosures", "--patient-id", "NODE-1", "--json").stdout.split()
+    ]
+    assert [(r["kind"], r["actor"], r["auth"], r["outcome"]) for r in rows] == [
+        ("store", "ct1", "mtls", "success")
+    ]
+    ledger = sqlite3.connect(home.root / "ledger.db")
+    leaves = [bytes(d) for (d,) in ledger.execute("SELECT data FROM entries")]
+    ledger.close()
+    assert any(
+        b'"node:ct1"' in leaf and b'"study.store"' in leaf and b"authz_decision" in leaf for leaf in leaves
+    )
     refused = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert refused.returncode != 0

@@ -91,6 +91,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
     # Records management / QC: the only built-in role that deletes (crypto-shredding).
     "archivist": frozenset({A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE}),
     "viewer": frozenset({A.STUDY_READ}),  # API keys for viewers and scripts (read only)
+    # DICOM nodes: each registered permission is a role (medvault.dimse.server.node_principal).
+    "node.store": frozenset({A.STUDY_STORE}),
+    "node.find": frozenset({A.STUDY_READ}),
+    "node.get": frozenset({A.STUDY_READ}),
+    "node.move": frozenset({A.STUDY_READ}),
 }
 del A
 ROLES = tuple(ROLE_PERMISSIONS)

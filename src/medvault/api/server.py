@@ -136,6 +136,7 @@ def _start_dimse(opened: OpenHome) -> object | None:
         port=config.port,
         ae_title=config.ae_title,
         allow_plain=config.allow_plain,
+        pdp=opened.guard.pdp,
     )
 
 

@@ -61,10 +61,11 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, build_contex
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
+from medvault.access.policy import Action, Context, DecisionPoint, Grant, Principal
 from medvault.archive import Archive
 from medvault.dimse._tls import DimseTls, NodeTls, peer_text
 from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
-from medvault.dimse.permissions import DimseOperation, decide_node
+from medvault.dimse.permissions import DimseOperation, NodeDecision, decide_node
 from medvault.dimse.query import (
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -82,6 +83,33 @@ from medvault.dimse.query import (
 from medvault.errors import ConfigError, IntegrityError, MedvaultError, NotFound, TooLarge
 from medvault.index.nodes import Node, NodeStore
 from medvault.index.store import Hit, InstanceRecord
+from medvault.ledger.events import Actor, ActorKind
+
+# DIMSE operations as policy actions; a node's registered permissions are its roles ("node.find" …).
+_NODE_ACTIONS: dict[DimseOperation, Action] = {
+    DimseOperation.STORE: Action.STUDY_STORE,
+    DimseOperation.FIND: Action.STUDY_READ,
+    DimseOperation.GET: Action.STUDY_READ,
+    DimseOperation.MOVE: Action.STUDY_READ,
+}
+
+
+def node_principal(node: Node) -> Principal:
+    """A registered node as a policy subject: a machine (no training gate) with a site-wide reach
+    and one role per registered permission."""
+    return Principal(
+        name=f"node:{node.name}",
+        method="mtls",
+        roles=frozenset(f"node.{p}" for p in node.permissions),
+        grants=(Grant.site(),),
+    )
+
+
+def _node_actor(session: Any) -> Actor | None:
+    if session is None:
+        return None
+    return Actor(kind=ActorKind.NODE, id=session.node, address=session.peer, auth="mtls")
+
 
 __all__ = [
     "DEFAULT_AE_TITLE",
@@ -215,6 +243,7 @@ class DimseServer:
         ae_title: str,
         allow_plain: bool,
         max_associations: int,
+        pdp: DecisionPoint | None = None,
     ) -> None:
         if tls is None and not allow_plain:
             raise ConfigError(
@@ -223,6 +252,7 @@ class DimseServer:
             )
         self.archive = archive
         self.nodes = nodes
+        self.pdp = pdp
         self.ae_title = ae_title
         self.plain = tls is None
         self._audit = audit
@@ -445,6 +475,16 @@ class DimseServer:
             except NotFound:
                 node = None
         decision = decide_node(node, operation, now=datetime.now(UTC))
+        if decision.allowed and node is not None and self.pdp is not None and operation in _NODE_ACTIONS:
+            # The registry says the node is live; the one policy decision point decides (and its
+            # decision, allow or deny, lands in the ledger like every other).
+            verdict = self.pdp.decide(
+                node_principal(node),
+                _NODE_ACTIONS[operation],
+                None,
+                Context(now=datetime.now(UTC), client=session.peer if session else None),
+            )
+            decision = NodeDecision(verdict.allowed, verdict.reason)
         if not decision.allowed:
             self._emit(
                 DimseAuditEvent(
@@ -527,7 +567,7 @@ class DimseServer:
             if mismatch:
                 self._op_event(session, "dimse.store", STATUS_DOES_NOT_MATCH_SOP_CLASS, details, mismatch)
                 return STATUS_DOES_NOT_MATCH_SOP_CLASS
-            outcome = self.archive.store_batch([data])[0]
+            outcome = self.archive.store_batch([data], actor=_node_actor(session))[0]
         except IdentifierError as exc:
             self._op_event(session, "dimse.store", exc.status, details, str(exc))
             return exc.status
@@ -825,6 +865,7 @@ def start_dimse_server(
     ae_title: str = DEFAULT_AE_TITLE,
     allow_plain: bool = False,
     max_associations: int = 16,
+    pdp: DecisionPoint | None = None,
 ) -> DimseServer:
     """Start the DIMSE listener in a background thread and return its handle (``.shutdown()``).
 
@@ -842,4 +883,5 @@ def start_dimse_server(
         ae_title=ae_title,
         allow_plain=allow_plain,
         max_associations=max_associations,
+        pdp=pdp,
     )
