@@ -231,10 +231,6 @@ def activate(server: Server, *people: Person) -> dict[str, str]:
     return tokens
 
 
-def cli_key(home: Home, name: str, role: str) -> str:
-    return home.cli("apikeys", "create", name, "--role", role).stdout.strip().splitlines()[-1]
-
-
 def quiet_home(root: Path) -> Home:
     """A test home served by one worker (2 CPU cores are shared with other test runs)."""
     home = make_home(root)
@@ -317,7 +313,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             role: add_person(opened, f"noscope-{role}", [role]) for role in ("radiologist", "archivist")
         }
         fresh = add_person(opened, "fresh", ["archivist"], grants=[("site", "*")])
-        keys = {role: opened.api_keys.create("key-" + role.replace(".", "-"), role=role) for role in KEY_ROLES}
+        keys = {
+            role: opened.api_keys.create("key-" + role.replace(".", "-"), role=role) for role in KEY_ROLES
+        }
         nobody_key = opened.api_keys.create("key-nobody", role="no-such-role")
     finally:
         opened.close()
@@ -514,12 +512,14 @@ def test_out_of_scope_study_routes_answer_as_for_a_missing_study(world: World) -
     a site-wide user gets the real thing on the same path."""
     study_routes = [e for e in world.endpoints if "{study}" in e.path and e.method in ("GET", "DELETE")]
     assert len(study_routes) >= 19
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     with anonymous(world.server) as client:
         for e in study_routes:
             token = world.out_of_scope["archivist" if e.method == "DELETE" else "radiologist"]
             real = client.request(e.method, fill_path(e.path, world.ds), headers=bearer(token))
-            missing = client.request(e.method, fill_path(e.path, world.ds, missing=True), headers=bearer(token))
+            missing = client.request(
+                e.method, fill_path(e.path, world.ds, missing=True), headers=bearer(token)
+            )
             if (real.status_code, real.content) != (missing.status_code, missing.content):
                 wrong.append((e.method, e.path, real.status_code, real.text, missing.status_code))
             elif real.status_code == 404:

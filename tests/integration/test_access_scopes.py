@@ -63,9 +63,9 @@ class World:
     people: dict[str, Person]
 
 
-def new_study(patient_id: str, series_sizes: list[int], *, referring: str | None, department: str | None) -> tuple[
-    Study, list[bytes]
-]:
+def new_study(
+    patient_id: str, series_sizes: list[int], *, referring: str | None, department: str | None
+) -> tuple[Study, list[bytes]]:
     study_uid = generate_uid()
     datas, instances = [], []
     for size in series_sizes:
@@ -104,14 +104,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     opened = open_home(home.root, home.passphrase)
     try:
         people = {
-            "rad-study": add_person(opened, "rad-study", ["radiologist"], grants=[("study", studies["p2a"].uid)]),
-            "rad-dept": add_person(opened, "rad-dept", ["radiologist"], grants=[("department", "CARDIOLOGY")]),
+            "rad-study": add_person(
+                opened, "rad-study", ["radiologist"], grants=[("study", studies["p2a"].uid)]
+            ),
+            "rad-dept": add_person(
+                opened, "rad-dept", ["radiologist"], grants=[("department", "CARDIOLOGY")]
+            ),
             "ref-doe": add_person(opened, "ref-doe", ["referring_physician"]),
             "rad-bg": add_person(opened, "rad-bg", ["radiologist"]),
             "tech": add_person(opened, "tech", ["technologist"]),
             "auditor": add_person(opened, "auditor", ["auditor"]),
             "trainee": add_person(opened, "trainee", ["radiologist"], grants=[("site", "*")]),
-            "untrained": add_person(opened, "untrained", ["radiologist"], training=None, grants=[("site", "*")]),
+            "untrained": add_person(
+                opened, "untrained", ["radiologist"], training=None, grants=[("site", "*")]
+            ),
         }
     finally:
         opened.close()
@@ -193,7 +199,9 @@ def assert_hidden(client: httpx.Client, study: Study) -> None:
 
 def assert_readable(client: httpx.Client, study: Study) -> None:
     for path in wado_paths(study):
-        response = client.get(path, headers={"Accept": "*/*"} if "rendered" in path or "thumbnail" in path else {})
+        response = client.get(
+            path, headers={"Accept": "*/*"} if "rendered" in path or "thumbnail" in path else {}
+        )
         assert response.status_code == 200, (path, response.status_code, response.text)
 
 
@@ -255,6 +263,28 @@ def test_patient_grant_wado_of_another_patient_is_404_like_a_missing_study(world
         assert_readable(client, world.studies["p1a"])
         single = client.get(instance_path(world.studies["p1b"].first), headers={"Accept": AS_STORED})
         assert single.status_code == 200 and single.content[128:132] == b"DICM"
+
+
+def test_an_in_scope_study_uid_does_not_open_another_studys_series_or_instances(world: World) -> None:
+    """The study in the path is the one checked, so the series and instance must belong to it."""
+    mine, other = world.studies["p1a"].uid, world.studies["p2a"].first
+    base = f"/dicomweb/studies/{mine}/series/{other.SeriesInstanceUID}"
+    with client_of(world, "rad-patient") as client:
+        for path in (
+            base,
+            base + "/metadata",
+            f"{base}/instances/{other.SOPInstanceUID}",
+            f"{base}/instances/{other.SOPInstanceUID}/metadata",
+            f"{base}/instances/{other.SOPInstanceUID}/frames/1",
+            f"{base}/instances/{other.SOPInstanceUID}/rendered",
+            f"{base}/instances/{other.SOPInstanceUID}/bulkdata/7FE00010",
+        ):
+            response = client.get(path)
+            assert response.status_code == 404, (path, response.status_code)
+            assert "Scope^" not in response.text
+        assert client.get(base + "/instances").json() == []
+        found = client.get("/dicomweb/instances", params={"SOPInstanceUID": other.SOPInstanceUID})
+        assert found.json() == []
 
 
 def test_dicomweb_client_with_a_users_bearer_token(world: World) -> None:

@@ -11,6 +11,8 @@ address (127.0.0.x), so they cannot lock each other out.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -88,12 +90,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     names = ["totp", "lock", "enum", "refresh", "logout", "pwchange", "disable", "cookie", "headers"]
     opened = open_home(home.root, home.passphrase)
     try:
-        people = {
-            n: add_person(opened, f"sess-{n}", ["archivist"], grants=[("site", "*")]) for n in names
-        }
+        people = {n: add_person(opened, f"sess-{n}", ["archivist"], grants=[("site", "*")]) for n in names}
         # The local account behind an OIDC identity: training and scope (roles come from the IdP).
         opened.users.add_user(
-            "oidc-rad", roles=["viewer"], now=datetime.now(UTC), training_expires=date(2030, 1, 1), external=True
+            "oidc-rad",
+            roles=["viewer"],
+            now=datetime.now(UTC),
+            training_expires=date(2030, 1, 1),
+            external=True,
         )
         opened.users.grant("oidc-rad", kind="site", value="*", now=datetime.now(UTC))
         api_key = opened.api_keys.create("sess-viewer", role="viewer")
@@ -166,7 +170,8 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(world: W
     with from_address(world, 14) as attacker:
         for _ in range(5):
             failed = attacker.post(
-                "/auth/token", data={"username": person.name, "password": "not-the-password-1", "otp": "123456"}
+                "/auth/token",
+                data={"username": person.name, "password": "not-the-password-1", "otp": "123456"},
             )
             assert failed.status_code == 401, failed.text
         locked = attacker.post(
@@ -186,7 +191,9 @@ def test_unknown_names_lock_out_the_same_way(world: World) -> None:
     """Counters exist for names that are no account too, so a lockout reveals nothing."""
     with from_address(world, 16) as client:
         answers = [
-            client.post("/auth/token", data={"username": "ghost-user", "password": "whatever-it-is", "otp": "1"})
+            client.post(
+                "/auth/token", data={"username": "ghost-user", "password": "whatever-it-is", "otp": "1"}
+            )
             for _ in range(6)
         ]
     assert [a.status_code for a in answers] == [401] * 5 + [429]
@@ -201,7 +208,8 @@ def test_no_user_enumeration(world: World) -> None:
             "/auth/token", data={"username": "nobody-here", "password": "wrong-password-1", "otp": "123456"}
         )
         wrong_password = client.post(
-            "/auth/token", data={"username": person.name, "password": "wrong-password-1", "otp": person.otp()}
+            "/auth/token",
+            data={"username": person.name, "password": "wrong-password-1", "otp": person.current_otp()},
         )
         wrong_code = token_request(client, person, otp=far_code(person))
     for answer in (unknown, wrong_password, wrong_code):
@@ -272,7 +280,8 @@ def test_password_change_revokes_tokens(world: World) -> None:
         assert studies(client, sign_in(client, person)["access_token"]).status_code == 200
     with from_address(world, 18) as client:
         old = client.post(
-            "/auth/token", data={"username": person.name, "password": old_password, "otp": person.otp()}
+            "/auth/token",
+            data={"username": person.name, "password": old_password, "otp": person.current_otp()},
         )
     assert (old.status_code, old.json()) == (401, BAD_CREDENTIALS)
 
@@ -359,7 +368,9 @@ def test_cookie_session_with_csrf_protection(world: World) -> None:
 
 def test_an_api_key_is_not_accepted_as_a_session_cookie(world: World) -> None:
     with anonymous(world.server) as browser:
-        response = browser.get("/dicomweb/studies", headers={"Cookie": f"{SESSION_COOKIE}={world.server.home.admin_key}"})
+        response = browser.get(
+            "/dicomweb/studies", headers={"Cookie": f"{SESSION_COOKIE}={world.server.home.admin_key}"}
+        )
     assert response.status_code == 401
 
 
@@ -424,7 +435,10 @@ def unsigned_token(claims: dict[str, Any]) -> str:
 def test_oidc_token_with_a_mapped_role_reaches_qido(world: World) -> None:
     with anonymous(world.server) as client:
         answer = studies(client, idp_token(world))
-        single = client.get(instance_path(world.ds), headers={**bearer(idp_token(world)), "Accept": "application/dicom; transfer-syntax=*"})
+        single = client.get(
+            instance_path(world.ds),
+            headers={**bearer(idp_token(world)), "Accept": "application/dicom; transfer-syntax=*"},
+        )
     assert answer.status_code == 200, answer.text
     assert world.ds.StudyInstanceUID in answer.text
     assert single.status_code == 200
@@ -445,7 +459,18 @@ def test_oidc_role_decides_what_the_token_may_do(world: World) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["wrong-audience", "wrong-issuer", "expired", "not-yet-valid", "no-exp", "unknown-kid", "other-key", "alg-none", "hs256-with-public-key", "garbage"],
+    [
+        "wrong-audience",
+        "wrong-issuer",
+        "expired",
+        "not-yet-valid",
+        "no-exp",
+        "unknown-kid",
+        "other-key",
+        "alg-none",
+        "hs256-with-public-key",
+        "garbage",
+    ],
 )
 def test_oidc_bad_tokens_are_401(world: World, case: str) -> None:
     now = int(time.time())
@@ -465,23 +490,36 @@ def test_oidc_bad_tokens_are_401(world: World, case: str) -> None:
         token = idp_token(world, key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
     elif case == "alg-none":
         token = unsigned_token(
-            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "preferred_username": "oidc-rad", "roles": ["radiologist"], "exp": now + 300}
+            {
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "sub": "x",
+                "preferred_username": "oidc-rad",
+                "roles": ["radiologist"],
+                "exp": now + 300,
+            }
         )
     elif case == "hs256-with-public-key":
         public_pem = world.idp_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         header = {"alg": "HS256", "typ": "JWT", "kid": KID}
-        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "preferred_username": "oidc-rad", "roles": ["radiologist"], "exp": now + 300}
+        body = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "x",
+            "preferred_username": "oidc-rad",
+            "roles": ["radiologist"],
+            "exp": now + 300,
+        }
 
         def part(data: dict[str, Any]) -> bytes:
             return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=")
 
-        import hashlib
-        import hmac
-
         signing_input = part(header) + b"." + part(body)
-        signature = base64.urlsafe_b64encode(hmac.new(public_pem, signing_input, hashlib.sha256).digest()).rstrip(b"=")
+        signature = base64.urlsafe_b64encode(
+            hmac.new(public_pem, signing_input, hashlib.sha256).digest()
+        ).rstrip(b"=")
         token = (signing_input + b"." + signature).decode()
     else:
         token = "not.a.jwt-" + secrets.token_urlsafe(8)

@@ -279,6 +279,10 @@ def decide(
         obligations.append(OBLIGATION_DEIDENTIFY)
     if action is Action.BREAKGLASS_USE:
         reason = (context.reason if context is not None else None) or ""
+        if resource is None and not reason:
+            # The route's capability gate: may this subject use break-glass at all? Opening one
+            # asks again with the study and the reason.
+            return Decision(True, f"role {granting[0]} grants {action}")
         if len(reason.strip()) < MIN_BREAK_GLASS_REASON:
             return _deny(f"break-glass needs a reason of at least {MIN_BREAK_GLASS_REASON} characters")
         if resource is None or not resource.study_uid:

@@ -165,7 +165,7 @@ def _presented_token(request: Request) -> str:
 
 @router.post("/logout")
 def logout(request: Request, who: Authenticated) -> Response:
-    """Revoke the presented session (access and refresh tokens) at once."""
+    """Sign out: revoke every session of this user (access and refresh tokens) at once."""
     users: UserStore = request.app.state.users
     users.logout(_presented_token(request), now=datetime.now(UTC))
     response = Response(status_code=204)

@@ -23,6 +23,7 @@ from medvault.api.admin import router as admin_router
 from medvault.api.auth import BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
 from medvault.api.ledger import router as ledger_router
+from medvault.api.research import router as research_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
@@ -131,4 +132,5 @@ def create_app(
     app.include_router(account_router)
     app.include_router(admin_router)
     app.include_router(ledger_router)
+    app.include_router(research_router)
     return app

@@ -58,7 +58,18 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
         server=settings.server,
         oidc=opened.oidc,
     )
-    common = {"access_log": False, "log_level": "warning", "server_header": False, "timeout_keep_alive": 30}
+    from medvault.export import ExportSource
+
+    application.state.export_source = ExportSource.of(opened)
+    # proxy_headers off: X-Forwarded-For must not let a client choose the address that lockout,
+    # the ledger and the audit trail record.
+    common = {
+        "access_log": False,
+        "log_level": "warning",
+        "server_header": False,
+        "timeout_keep_alive": 30,
+        "proxy_headers": False,
+    }
     if settings.server.plain_http:
         return uvicorn.Config(application, **common)  # type: ignore[arg-type]
     context = opened.ssl_context()
