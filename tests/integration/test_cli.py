@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+from pydicom import dcmread
 
 from medvault.sample import generate_study
 from tests.conftest import Home, free_port
@@ -141,3 +142,35 @@ def test_quickstart_prints_a_query_that_works(tmp_path: Path) -> None:
             if stream is not None:
                 stream.close()
     assert (tmp_path / "medvault-demo.passphrase").stat().st_mode & 0o077 == 0
+
+
+def test_deid_and_export_commands(home: Home, tmp_path: Path) -> None:
+    """`medvault deid` on files and `medvault export` from the archive: de-identified output with no
+    PHI and no original UIDs, the same new UIDs for the same project, different for another."""
+    files = generate_study(tmp_path / "in", seed=51, series=1, instances=2, rows=32, cols=32,
+                           patient_name="QUETZAL^ORLANDO", patient_id="QZ-778")  # fmt: skip
+    originals = [dcmread(p) for p in files]
+    result = home.cli("deid", str(tmp_path / "in"), str(tmp_path / "out1"), "--project", "p1",
+                      "--option", "retain-uids", "--workers", "1")  # fmt: skip
+    assert re.search(r"written\s*│\s*2", result.stdout), result.stdout
+    outputs = sorted((tmp_path / "out1").rglob("*.dcm"))
+    assert len(outputs) == 2
+    for out in outputs:
+        data = out.read_bytes()
+        assert b"QUETZAL" not in data and b"QZ-778" not in data
+        assert dcmread(out).PatientIdentityRemoved == "YES"
+
+    home.cli("import", str(tmp_path / "in"))
+    for project, folder in (("p1", "exp1"), ("p1", "exp2"), ("p2", "exp3")):
+        exported = home.cli(
+            "export", "--query", "PatientID=QZ-778", "--project", project, "--to", str(tmp_path / folder)
+        )
+        assert "2 instances exported" in exported.stdout, exported.stdout
+    uids = {
+        folder: sorted(str(dcmread(p).SOPInstanceUID) for p in (tmp_path / folder).rglob("*.dcm"))
+        for folder in ("exp1", "exp2", "exp3")
+    }
+    assert uids["exp1"] == uids["exp2"] and uids["exp1"] != uids["exp3"]
+    assert not {str(o.SOPInstanceUID) for o in originals} & set(uids["exp1"])
+    for p in (tmp_path / "exp1").rglob("*.dcm"):
+        assert b"QUETZAL" not in p.read_bytes() and b"QZ-778" not in p.read_bytes()
