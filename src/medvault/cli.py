@@ -590,6 +590,53 @@ def ledger_verify(
         raise typer.Exit(1)
 
 
+@ledger_app.command("export")
+def ledger_export(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="A file, '-' for stdout, syslog+tls://HOST[:PORT], or syslog+tcp://HOST:PORT."
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (the exact leaves) or atna (IHE ATNA XML).")
+    ] = "jsonl",
+    since_index: Annotated[int, typer.Option(min=0, help="First ledger index to send (resume).")] = 0,
+    ca_file: Annotated[Path | None, typer.Option(help="CA of the syslog collector (TLS).")] = None,
+    client_cert: Annotated[Path | None, typer.Option(help="Client certificate for mutual TLS.")] = None,
+    client_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Send ledger events to a SIEM: IHE ATNA over syslog (RFC 5424 over TLS, RFC 5425), or JSON Lines."""
+    from medvault.ledger.export import export_ledger
+
+    if fmt not in ("jsonl", "atna"):
+        raise ConfigError("--format is jsonl or atna")
+    opened = _open(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        total = max(opened.ledger.size - since_index, 0)
+        with Progress(
+            TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err
+        ) as progress:
+            task = progress.add_task("export", total=total)
+            result = export_ledger(
+                opened,
+                fmt="atna" if fmt == "atna" else "jsonl",
+                destination=to,
+                since_index=since_index,
+                ca_file=ca_file,
+                client_cert=client_cert,
+                client_key=client_key,
+                progress=lambda n: progress.advance(task, n),
+                actor=_cli_actor(),
+            )
+    finally:
+        opened.close()
+    err.print(f"{result.count} events exported; resume with --since-index {result.next_index}")
+
+
 @ledger_app.command("key")
 def ledger_key(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
     """Print the note verifier key auditors use to check checkpoints offline."""

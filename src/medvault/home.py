@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from medvault.access.oidc import OidcConfig, OidcVerifier
 from medvault.access.policy import DecisionPoint, load_roles
 from medvault.archive import Archive
-from medvault.audit import LedgerAudit
+from medvault.audit import SYSTEM, LedgerAudit
 from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, load_settings
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import KeyringKekProvider
@@ -46,6 +46,7 @@ from medvault.guard import Guard
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.store import Index
 from medvault.index.users import NewUser, UserStore
+from medvault.ledger.events import AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.ledger.note import Signer
 from medvault.ledger.store import Ledger
 from medvault.storage.filesystem import FilesystemBlobStore
@@ -101,7 +102,19 @@ def init_home(
 
     opened = open_home(root, passphrase)
     try:
-        return opened.users.add_user(ADMIN_USER, roles=["admin"], now=datetime.now(UTC))
+        created = opened.users.add_user(ADMIN_USER, roles=["admin"], now=datetime.now(UTC))
+        opened.ledger.append(
+            AuditEvent(
+                kind=EventKind.USER_CHANGE,
+                time=datetime.now(UTC),
+                actor=SYSTEM,
+                action="user.add",
+                outcome=Outcome.SUCCESS,
+                object=ObjectRef(type="user", id=ADMIN_USER),
+                reason="first administrator, created by init",
+            )
+        )
+        return created
     finally:
         opened.close()
 
