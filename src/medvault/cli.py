@@ -578,7 +578,7 @@ def ledger_verify(
                 TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
             ) as progress:
                 task = progress.add_task("objects", total=total)
-                problems = verify_objects(opened, progress=lambda n: progress.advance(task, n))
+                problems = verify_objects(opened.archive, progress=lambda n: progress.advance(task, n))
             for problem in problems:
                 out.print(f"  - {problem}", highlight=False, soft_wrap=True)
             out.print(
@@ -672,7 +672,7 @@ def report_disclosures(
     opened = _open(home, passphrase_file)
     try:
         start = datetime.combine(date.fromisoformat(since), datetime.min.time(), UTC) if since else None
-        rows = disclosures(opened, patient_id, since=start)
+        rows = disclosures(opened.archive, patient_id, since=start)
     finally:
         opened.close()
     if as_json:

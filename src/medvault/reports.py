@@ -10,16 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from medvault.errors import MedvaultError
-from medvault.home import OpenHome
+from medvault.archive import Archive
+from medvault.errors import ConfigError, MedvaultError
 from medvault.index.store import TAG_PATIENT_ID
 
 _CHUNK = 2048
 DISCLOSURE_KINDS = frozenset({"query", "retrieve", "break_glass", "export", "deidentify", "delete", "store"})
 
 
-def ledger_events(opened: OpenHome) -> Iterator[tuple[int, dict[str, Any]]]:
-    ledger = opened.ledger
+def ledger_events(archive: Archive) -> Iterator[tuple[int, dict[str, Any]]]:
+    if archive.audit is None:
+        raise ConfigError("this archive keeps no ledger")
+    ledger = archive.audit.ledger
     ledger.flush()
     size = ledger.size
     for start in range(0, size, _CHUNK):
@@ -27,11 +29,11 @@ def ledger_events(opened: OpenHome) -> Iterator[tuple[int, dict[str, Any]]]:
             yield start + offset, json.loads(data)
 
 
-def verify_objects(opened: OpenHome, progress: Callable[[int], None] | None = None) -> list[str]:
+def verify_objects(archive: Archive, progress: Callable[[int], None] | None = None) -> list[str]:
     """Check every stored object against the SHA-256 recorded in the ledger when it was stored:
     a tampered or replaced image, or one stored without a ledger event, is named (by UID)."""
     expected: dict[str, str] = {}
-    for _, event in ledger_events(opened):
+    for _, event in ledger_events(archive):
         obj = event.get("object") or {}
         if obj.get("type") != "instance" or event.get("outcome") != "success":
             continue
@@ -40,7 +42,7 @@ def verify_objects(opened: OpenHome, progress: Callable[[int], None] | None = No
         elif event["kind"] == "delete":
             expected.pop(obj["id"], None)
     problems = []
-    for record in opened.archive.index.iter_instances():
+    for record in archive.index.iter_instances():
         recorded = expected.get(record.sop_uid)
         if recorded is None:
             problems.append(f"instance {record.sop_uid} is stored but has no store event in the ledger")
@@ -48,7 +50,7 @@ def verify_objects(opened: OpenHome, progress: Callable[[int], None] | None = No
             problems.append(f"instance {record.sop_uid}: the index hash differs from its store event")
         else:
             try:
-                data = opened.archive.read(record)
+                data = archive.read(record)
             except MedvaultError:
                 problems.append(f"instance {record.sop_uid}: the stored object fails its integrity check")
             else:
@@ -79,12 +81,12 @@ class Disclosure:
         return self.__dict__.copy()
 
 
-def disclosures(opened: OpenHome, patient_id: str, *, since: datetime | None = None) -> list[Disclosure]:
+def disclosures(archive: Archive, patient_id: str, *, since: datetime | None = None) -> list[Disclosure]:
     """Who accessed which of this patient's studies, when, how and why — from the ledger, where the
     patient appears only under the keyed pseudonym that the index also uses."""
-    pseudonym = opened.archive.index.pseudonym(TAG_PATIENT_ID, patient_id)
+    pseudonym = archive.index.pseudonym(TAG_PATIENT_ID, patient_id)
     out: list[Disclosure] = []
-    for index, event in ledger_events(opened):
+    for index, event in ledger_events(archive):
         if event.get("patient") != pseudonym or event.get("kind") not in DISCLOSURE_KINDS:
             continue
         if since is not None and event["time"] < since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"):

@@ -58,3 +58,26 @@ def inclusion(index: NonNegative, tree_size: NonNegative, request: Request, who:
 @router.get("/proof/consistency")
 def consistency(first: NonNegative, second: NonNegative, request: Request, who: ReadsLedger) -> Response:
     return JSONResponse(_ledger(request).consistency_proof(first, second).to_json())
+
+
+@router.get("/disclosures")
+def disclosures_report(
+    patient_id: Annotated[str, Query(min_length=1, max_length=64)],
+    request: Request,
+    who: ReadsLedger,
+    since: str | None = None,
+) -> Response:
+    """Accounting of disclosures (45 CFR 164.528): who accessed which of this patient's studies,
+    when, how and why. The patient ID travels in the query string, which is never logged."""
+    from datetime import UTC, date, datetime
+
+    from medvault.errors import InvalidInput
+    from medvault.reports import disclosures
+
+    archive: Archive = request.app.state.archive
+    try:
+        start = datetime.combine(date.fromisoformat(since), datetime.min.time(), UTC) if since else None
+    except ValueError:
+        raise InvalidInput("since must be a date (YYYY-MM-DD)") from None
+    rows = disclosures(archive, patient_id, since=start)
+    return JSONResponse([r.as_dict() for r in rows], headers={"Cache-Control": "no-store"})

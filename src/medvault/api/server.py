@@ -8,6 +8,7 @@ the passphrase is handed over in process memory, never through the environment.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -167,6 +168,34 @@ def _dimse_worker(root: Path, passphrase: str) -> None:
         opened.close()
 
 
+def _ledger_configuration(opened: OpenHome) -> None:
+    """Record the configuration in force at every start (its SHA-256, and the switches that weaken
+    defaults): a change between two starts shows in the tamper-evident log as a different hash."""
+    from datetime import UTC, datetime
+
+    from medvault.audit import SYSTEM
+    from medvault.config import CONFIG_FILE
+    from medvault.ledger.events import AuditEvent, EventKind, ObjectRef, Outcome
+
+    text = (opened.root / CONFIG_FILE).read_bytes()
+    opened.ledger.append(
+        AuditEvent(
+            kind=EventKind.CONFIG_CHANGE,
+            time=datetime.now(UTC),
+            actor=SYSTEM,
+            action="config.loaded",
+            outcome=Outcome.SUCCESS,
+            object=ObjectRef(type="config", id=CONFIG_FILE),
+            details={
+                "sha256": hashlib.sha256(text).hexdigest(),
+                "plain_http": int(opened.settings.server.plain_http),
+                "plain_dimse": int(opened.settings.dimse.allow_plain),
+                "host": opened.settings.server.host,
+            },
+        )
+    )
+
+
 def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) -> None:
     """Serve until SIGINT/SIGTERM. Checks the passphrase and TLS material before listening."""
     settings = load_settings(root)
@@ -175,6 +204,7 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
     try:
         if not settings.server.plain_http:
             probe.ssl_context()  # unreadable certificate or key: fail before forking
+        _ledger_configuration(probe)
     finally:
         probe.close()
     sock = _listen(host, port)
