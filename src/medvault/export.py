@@ -421,7 +421,7 @@ def _require_deidentified(ds: Dataset) -> None:
 
 def _read_dataset(data: bytes) -> Dataset:
     try:
-        return dcmread(io.BytesIO(data), force=True)
+        return dcmread(io.BytesIO(data))  # stored instances were parsed strictly at ingest
     except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
         raise InvalidInput(f"stored instance is not readable DICOM: {exc.__class__.__name__}") from None
 

@@ -155,12 +155,14 @@ def encrypt_private_key(key_pem: bytes, password: bytes) -> bytes:
     )
 
 
-def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, SigningKey]:
+def _load_ca(
+    ca_cert_pem: bytes, ca_key_pem: bytes, password: bytes | None = None
+) -> tuple[x509.Certificate, SigningKey]:
     try:
         ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     except ValueError:
         raise InvalidInput("the CA certificate is not a PEM certificate") from None
-    ca_key = load_private_key_pem(ca_key_pem)
+    ca_key = load_private_key_pem(ca_key_pem, password)
     try:
         constraints = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -178,14 +180,16 @@ def _issue(
     ca_key_pem: bytes,
     *,
     common_name: str,
-    eku: x509.ObjectIdentifier,
+    eku: x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier],
     san: list[x509.GeneralName],
     valid_days: int,
     now: datetime | None,
+    ca_key_password: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     if valid_days < 1:
         raise InvalidInput("valid_days must be at least 1")
-    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem, ca_key_password)
+    ekus = [eku] if isinstance(eku, x509.ObjectIdentifier) else list(eku)
     start = _now(now)
     # A leaf never outlives its CA.
     end = min(start + timedelta(days=valid_days), ca_cert.not_valid_after_utc)
@@ -214,7 +218,7 @@ def _issue(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
     )
@@ -283,6 +287,34 @@ def issue_client_certificate(
         san=[],
         valid_days=valid_days,
         now=now,
+    )
+
+
+def issue_node_certificate(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    *,
+    common_name: str,
+    host: str,
+    valid_days: int = 397,
+    now: datetime | None = None,
+    ca_key_password: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """A DICOM node's certificate: clientAuth (it calls the archive) and serverAuth (it may receive
+    C-MOVE sub-operations), with its address as subject alternative name."""
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = _dns_name(host)
+    return _issue(
+        ca_cert_pem,
+        ca_key_pem,
+        common_name=common_name,
+        eku=(ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH),
+        san=[san],
+        valid_days=valid_days,
+        now=now,
+        ca_key_password=ca_key_password,
     )
 
 

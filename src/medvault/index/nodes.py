@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,12 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Engine, insert, select, update
 
-from medvault.crypto.tls import load_private_key_pem
+from medvault.crypto.tls import issue_node_certificate
 from medvault.errors import Conflict, InvalidInput, NotFound
 from medvault.index.nodes_schema import dimse_nodes
 
@@ -152,66 +149,15 @@ def _check_fields(
 def _issue_node_certificate(
     ca: CaMaterial, *, common_name: str, host: str, valid_days: int, now: datetime
 ) -> tuple[bytes, bytes]:
-    try:
-        ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    except ValueError:
-        raise InvalidInput("the CA certificate is not a PEM certificate") from None
-    ca_key = load_private_key_pem(ca.key_pem, ca.key_password)
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if ca_cert.public_key().public_bytes(*spki) != ca_key.public_key().public_bytes(*spki):
-        raise InvalidInput("the CA private key does not belong to the CA certificate")
-    key = ec.generate_private_key(ec.SECP256R1())
-    end = min(now + timedelta(days=valid_days), ca_cert.not_valid_after_utc)
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host.lower())
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "medvault"),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "DICOM node"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        # Both: the node calls us (client) and may receive C-MOVE sub-operations (server).
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    return issue_node_certificate(
+        ca.cert_pem,
+        ca.key_pem,
+        common_name=common_name,
+        host=host,
+        valid_days=valid_days,
+        now=now,
+        ca_key_password=ca.key_password,
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
 class NodeStore:
