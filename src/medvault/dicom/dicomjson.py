@@ -362,8 +362,9 @@ def _raw_numeric_string(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
 def _raw_number(vr: str, raw: bytes, encoding: str) -> dict[str, Any]:
     fmt, size = _NUMBER_FORMATS[vr]
     count, rest = divmod(len(raw), size)
-    if rest or not count:
-        # convert_numbers raises on a partial value (dataset_to_json keeps the VR only); empty: no Value.
+    if rest:
+        raise RawValueUnsupported  # a partial value: pydicom's path decides (it may refuse the file)
+    if not count:
         return {"vr": vr}
     values = struct.unpack(f"<{count}{fmt}", raw)
     if fmt in "fd":

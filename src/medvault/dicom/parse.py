@@ -56,7 +56,14 @@ from medvault.dicom.dicomjson import (
     RAW_ENCODERS,
     dataset_to_json,
 )
-from medvault.errors import InvalidInput, MissingAttribute, NotDicom, TooLarge, UnsupportedMedia
+from medvault.errors import (
+    InvalidInput,
+    MedvaultError,
+    MissingAttribute,
+    NotDicom,
+    TooLarge,
+    UnsupportedMedia,
+)
 
 __all__ = [
     "DEFLATED_TRANSFER_SYNTAXES",
@@ -183,7 +190,14 @@ def parse_instance(
             return _parse_fast(data, meta, bulk_data_uri)
         except Exception:  # noqa: S110 - _Fallback, a refusal, anything: the pydicom path decides
             pass  # (and words any refusal exactly as it always did)
-    return _parse_with_pydicom(data, meta, bulk_data_uri)
+    try:
+        return _parse_with_pydicom(data, meta, bulk_data_uri)
+    except MedvaultError:
+        raise
+    except Exception as exc:  # pydicom's own errors on malformed data: a refusal, never a crash
+        raise InvalidInput(
+            f"the data set cannot be parsed ({type(exc).__name__}); check the sending application"
+        ) from None
 
 
 def _parse_with_pydicom(

@@ -24,8 +24,10 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
+import medvault.errors
 from medvault.dicom.dicomjson import PIXEL_DATA_TAGS, dataset_to_json
 from medvault.dicom.parse import ParsedInstance, parse_instance
+from medvault.errors import InvalidInput, MedvaultError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -50,6 +52,11 @@ def assert_equivalent(data: bytes, *, compare_dataset: bool = True) -> ParsedIns
     """Same outcome as the pydicom path: the same refusal, or the same parsed instance."""
     kind, new = _outcome(parse_instance, data)
     old_kind, old = _outcome(legacy_parse.parse_instance, data)
+    if old_kind == "error" and not issubclass(getattr(medvault.errors, old[0], Exception), MedvaultError):
+        # The old path let pydicom's own exception escape (a crash on malformed data): the current
+        # one must refuse the file cleanly instead.
+        assert kind == "error" and new[0] == "InvalidInput", (new, old)
+        return None
     assert (kind, new if kind == "error" else None) == (old_kind, old if old_kind == "error" else None)
     if kind == "error":
         return None
@@ -388,3 +395,20 @@ def test_generated_plain_instance_takes_the_fast_path() -> None:
     parsed = assert_equivalent(part10(body))
     assert _fast(parsed)
     assert parsed is not None and parsed.metadata["00100010"]["Value"][0]["Ideographic"] == "山田^太郎"
+
+
+def test_a_partial_binary_value_is_a_clean_refusal() -> None:
+    """Found by hypothesis: a private creator written as US with one byte. pydicom raises its own
+    exception there; parse_instance must refuse the file with InvalidInput, never crash."""
+    data = b"\x00" * 128 + bytes.fromhex(
+        "4449434d02000000554c040070000000020001004f4200000200000000010200020055491a00312e322e3834302e3130"
+        "3030382e352e312e342e312e312e37000200030055491c00312e322e3832362e302e312e333638303034332e382e3439"
+        "382e33000200100055491400312e322e3834302e31303030382e312e322e310008000800414500000800160055491900"
+        "312e322e3834302e31303030382e352e312e342e312e312e370800180055491b00312e322e3832362e302e312e333638"
+        "303034332e382e3439382e33090010005553010000090001104953000010001000535100000000000010002000535100"
+        "000000000010003000535100000000000020000d0055491b00312e322e3832362e302e312e333638303034332e382e34"
+        "39382e3120000e0055491b00312e322e3832362e302e312e333638303034332e382e3439382e32400075025351000018"
+        "000000feff00e010000000080005004353000010001000504e0000"
+    )
+    with pytest.raises(InvalidInput, match="cannot be parsed"):
+        parse_instance(data)
