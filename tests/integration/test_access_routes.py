@@ -195,7 +195,12 @@ def change_password(client: httpx.Client, person: Person) -> None:
     new = "pw-" + secrets.token_urlsafe(18)
     response = client.post(
         "/auth/password",
-        data={"username": person.name, "old_password": person.password, "new_password": new},
+        data={
+            "username": person.name,
+            "old_password": person.password,
+            "new_password": new,
+            "otp": person.otp(),
+        },
     )
     assert response.status_code == 204, response.text
     person.password = new

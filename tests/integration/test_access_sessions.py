@@ -274,6 +274,16 @@ def test_password_change_revokes_tokens(world: World) -> None:
         pair = sign_in(client, person)
         assert studies(client, pair["access_token"]).status_code == 200
         old_password = person.password
+        stolen = client.post(  # the password alone (no second factor) changes nothing
+            "/auth/password",
+            data={
+                "username": person.name,
+                "old_password": person.password,
+                "new_password": "x" * 24 + "-stolen",
+            },
+        )
+        assert (stolen.status_code, stolen.json()) == (401, BAD_CREDENTIALS)
+        assert studies(client, pair["access_token"]).status_code == 200
         change_password(client, person)
         assert studies(client, pair["access_token"]).status_code == 401
         assert refresh(client, pair["refresh_token"]).status_code == 401

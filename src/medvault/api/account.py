@@ -176,7 +176,8 @@ def logout(request: Request, who: Authenticated) -> Response:
 
 @router.post("/password")
 async def change_password(request: Request) -> Response:
-    """Change one's own password (also after a one-time password); revokes every session."""
+    """Change one's own password (also after a one-time password): old password, new password and
+    the second factor (`otp`: a TOTP code or a recovery code). Revokes every session."""
     fields = await read_fields(request)
     username, old, new = _required(fields, "username", "old_password", "new_password")
     users: UserStore = request.app.state.users
@@ -185,6 +186,7 @@ async def change_password(request: Request) -> Response:
             username,
             old_password=old,
             new_password=new,
+            otp=fields.get("otp", ""),
             client=client_address(request) or "-",
             now=datetime.now(UTC),
         )

@@ -606,10 +606,18 @@ class UserStore:
         return self._user(row)
 
     def change_password(
-        self, name: str, *, old_password: str, new_password: str, client: str, now: datetime
+        self,
+        name: str,
+        *,
+        old_password: str,
+        new_password: str,
+        otp: str | None,
+        client: str,
+        now: datetime,
     ) -> None:
         """Self-service change (also the way out of a one-time password). Checks the old password
-        (counted for lockout), applies the policy, and revokes all the user's tokens."""
+        and the second factor (TOTP or a recovery code, counted for lockout like a sign-in), applies
+        the policy, and revokes all the user's tokens. A stolen password alone changes nothing."""
         now = _utc(now)
         account_key, client_key = f"user:{name}", f"client:{client[:200]}"
         self._begin_attempt([account_key, client_key], now)
@@ -619,6 +627,8 @@ class UserStore:
             pw.verify_password(self._hasher, self._dummy_hash(), old_password)
             raise BadCredentials
         if not pw.verify_password(self._hasher, row.password_hash, old_password):
+            raise BadCredentials
+        if not self._second_factor(row, otp, now):
             raise BadCredentials
         self._attempt_succeeded(account_key, client_key)
         pw.check_password(new_password, username=name)

@@ -313,6 +313,9 @@ def test_properties(subject: Principal, action: Action, resource: Resource | Non
                 "referring_physician",
                 "archivist",
                 "viewer",
+                "node.find",  # DICOM nodes registered for C-FIND / C-GET / C-MOVE
+                "node.get",
+                "node.move",
             }
         if action is Action.DEID_READ and resource is not None:
             assert resource.deidentified

@@ -34,11 +34,18 @@ def code(new: NewUser, at=NOW) -> str:  # type: ignore[no-untyped-def]
     return totp.totp_at(new.enrolment.secret, totp.step_at(at))
 
 
+def earlier_code(new: NewUser) -> str:
+    """The code of the step before NOW: accepted at NOW (±1 step), and leaves NOW's code unused."""
+    return code(new, NOW - timedelta(seconds=30))
+
+
 def signed_up(store: UserStore, name: str = "alice", roles: tuple[str, ...] = ("radiologist",)) -> NewUser:
     """A user who has replaced the one-time password."""
     new = store.add_user(name, roles=roles, now=NOW, training_expires=TRAINED)
     assert new.password is not None
-    store.change_password(name, old_password=new.password, new_password=NEWPW, client=CLIENT, now=NOW)
+    store.change_password(
+        name, old_password=new.password, new_password=NEWPW, otp=earlier_code(new), client=CLIENT, now=NOW
+    )
     return new
 
 
@@ -70,13 +77,30 @@ def test_first_sign_in_must_change_password(store: UserStore) -> None:
     principal = store.authenticate_token(pair.access_token, now=NOW)
     assert principal is not None and principal.must_change_password
     assert not decide(principal, Action.STUDY_READ, None, Context(now=NOW)).allowed
+    # Each attempt uses (and so spends) a fresh TOTP step, also the one refused for a weak password.
     with pytest.raises(WeakPassword, match="common"):
         store.change_password(
-            "alice", old_password=new.password, new_password="password1234", client=CLIENT, now=NOW
+            "alice",
+            old_password=new.password,
+            new_password="password1234",
+            otp=code(new, NOW + timedelta(seconds=30)),
+            client=CLIENT,
+            now=NOW,
         )
-    store.change_password("alice", old_password=new.password, new_password=NEWPW, client=CLIENT, now=NOW)
+    with pytest.raises(BadCredentials):  # the right old password alone changes nothing
+        store.change_password(
+            "alice", old_password=new.password, new_password=NEWPW, otp="", client=CLIENT, now=NOW
+        )
+    store.change_password(
+        "alice",
+        old_password=new.password,
+        new_password=NEWPW,
+        otp=code(new, NOW + timedelta(seconds=60)),
+        client=CLIENT,
+        now=NOW + timedelta(seconds=30),
+    )
     assert store.authenticate_token(pair.access_token, now=NOW) is None  # password change revokes
-    later = NOW + timedelta(seconds=30)
+    later = NOW + timedelta(seconds=90)
     user = store.authenticate_password("alice", NEWPW, code(new, later), CLIENT, later)
     principal = store.authenticate_token(store.issue_tokens(user, now=later).access_token, now=later)
     assert principal is not None and not principal.must_change_password
@@ -219,7 +243,12 @@ def test_revocation_of_all_tokens(store: UserStore, how: str) -> None:
             store.disable("alice", now=NOW)
         case "change_password":
             store.change_password(
-                "alice", old_password=NEWPW, new_password=NEWPW + "!", client=CLIENT, now=NOW
+                "alice",
+                old_password=NEWPW,
+                new_password=NEWPW + "!",
+                otp=code(new, NOW + timedelta(seconds=30)),
+                client=CLIENT,
+                now=NOW,
             )
         case "reset_mfa":
             store.reset_mfa("alice", now=NOW)
@@ -272,7 +301,9 @@ def test_training_gate_through_the_store(store: UserStore) -> None:
     new = store.add_user("carol", roles=["radiologist"], now=NOW, training_expires=date(2030, 3, 1))
     store.grant("carol", kind="site", value="*", now=NOW)
     assert new.password is not None
-    store.change_password("carol", old_password=new.password, new_password=NEWPW, client=CLIENT, now=NOW)
+    store.change_password(
+        "carol", old_password=new.password, new_password=NEWPW, otp=earlier_code(new), client=CLIENT, now=NOW
+    )
     principal = store.principal("carol", now=NOW)
     d = decide(principal, Action.STUDY_READ, Resource(study_uid="1"), Context(now=NOW))
     assert not d.allowed and "training expired on 2030-03-01" in d.reason
