@@ -6,8 +6,9 @@ refetch, rate limited, for key rotation), a wrong signature, issuer or audience,
 expired or not yet valid at ``now`` (with :attr:`OidcConfig.leeway`). Time is an argument.
 
 The configured claim (``roles`` or ``groups``...) is mapped to medvault roles by
-:attr:`OidcConfig.role_map` (IdP group -> medvault role); names without a mapping are kept only
-when they are medvault roles themselves.
+:attr:`OidcConfig.role_map` (IdP group -> medvault role). With a map configured, only mapped names
+count (an IdP group that happens to be called "admin" grants nothing by itself); without one, the
+claim must carry medvault role names.
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ class OidcVerifier:
         for name in names:
             if not isinstance(name, str):
                 continue
-            if name in self.config.role_map:
-                roles.add(self.config.role_map[name])
+            if self.config.role_map:
+                if name in self.config.role_map:
+                    roles.add(self.config.role_map[name])
             elif name in ROLES:
                 roles.add(name)
         return frozenset(roles)

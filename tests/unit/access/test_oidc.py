@@ -61,7 +61,14 @@ def verifier(**kw: Any) -> OidcVerifier:
 def test_good_tokens(key: Any, kid: str, alg: str) -> None:
     identity = verifier().verify(token(key, kid, alg), now=NOW)
     assert identity.username == "alice" and identity.subject == "abc-123"
-    assert identity.roles == {"radiologist", "auditor"}
+    # With a role map, only mapped groups count: a group that happens to be called "auditor" grants nothing.
+    assert identity.roles == {"radiologist"}
+
+
+def test_without_a_role_map_the_claim_carries_medvault_role_names() -> None:
+    config = OidcConfig(issuer=ISS, audience=AUD, jwks=JWKS, roles_claim="groups")
+    identity = OidcVerifier(config).verify(token(), now=NOW)
+    assert identity.roles == {"auditor"}  # "radiology-staff" and "some-other-group" are not roles
 
 
 def test_alg_none_refused() -> None:
@@ -158,7 +165,7 @@ def test_principal_for_oidc(store: Any) -> None:
 
     identity = verifier().verify(token(), now=NOW)
     stranger = store.principal_for_oidc(identity, now=NOW)
-    assert stranger.method == "oidc" and stranger.human and stranger.roles == {"radiologist", "auditor"}
+    assert stranger.method == "oidc" and stranger.human and stranger.roles == {"radiologist"}
     assert "training" in decide(stranger, Action.STUDY_READ, None, Context(now=NOW)).reason
     store.add_user("alice", roles=["auditor"], now=NOW, external=True, training_expires=TRAINED)
     store.grant("alice", kind="study", value="1.2.3", now=NOW)
