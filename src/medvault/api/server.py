@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -26,6 +27,9 @@ from medvault.api.app import create_app
 from medvault.config import load_settings
 from medvault.crypto.keyring import KeyringFile
 from medvault.home import KEYRING_FILE, OpenHome, open_home
+
+if TYPE_CHECKING:
+    from medvault.dimse.server import DimseServer
 
 log = logging.getLogger("medvault.server")
 
@@ -64,7 +68,7 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
     application.state.export_source = ExportSource.of(opened)
     # proxy_headers off: X-Forwarded-For must not let a client choose the address that lockout,
     # the ledger and the audit trail record.
-    common = {
+    common: dict[str, Any] = {
         "access_log": False,
         "log_level": "warning",
         "server_header": False,
@@ -72,12 +76,12 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
         "proxy_headers": False,
     }
     if settings.server.plain_http:
-        return uvicorn.Config(application, **common)  # type: ignore[arg-type]
+        return uvicorn.Config(application, **common)
     context = opened.ssl_context()
     return uvicorn.Config(
         application,
         ssl_context_factory=lambda _config, _default: context,
-        **common,  # type: ignore[arg-type]
+        **common,
     )
 
 
@@ -125,7 +129,7 @@ def _worker(root: Path, passphrase: str, sock: socket.socket) -> None:
         opened.close()
 
 
-def _start_dimse(opened: OpenHome) -> object | None:
+def _start_dimse(opened: OpenHome) -> DimseServer | None:
     """The DIMSE listener of a served home (a thread in the calling process), if enabled."""
     config = opened.settings.dimse
     if not config.enabled:
@@ -164,7 +168,7 @@ def _dimse_worker(root: Path, passphrase: str) -> None:
         stop.wait()
     finally:
         if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
+            server.shutdown()
         opened.close()
 
 
@@ -218,7 +222,7 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
         finally:
             checkpoints.set()
             if dimse is not None:
-                dimse.shutdown()  # type: ignore[attr-defined]
+                dimse.shutdown()
             opened.close()
         return
     children: dict[int, tuple[float, str]] = {}
