@@ -436,10 +436,18 @@ def _process(
     archive: Archive, engine: Deidentifier, record: InstanceRecord
 ) -> tuple[Output | None, InstanceOutcome, ReidentificationMap | None]:
     try:
-        source = _read_dataset(archive.read(record))
+        stored = archive.read(record)
     except MedvaultError as exc:
         return None, InstanceOutcome(record.sop_uid, "failed", reason=exc.message[:300]), None
+    fast = engine.deidentify_bytes(stored)  # the common case, without pydicom
+    if fast is not None:
+        output = Output(
+            fast.study_instance_uid or "unknown", fast.series_instance_uid, fast.sop_instance_uid, fast.data
+        )
+        outcome = InstanceOutcome(record.sop_uid, "exported", new_sop_uid=fast.sop_instance_uid)
+        return output, outcome, fast.mapping
     try:
+        source = _read_dataset(stored)
         result = engine.deidentify(source)
     except MedvaultError as exc:
         return None, InstanceOutcome(record.sop_uid, "failed", reason=exc.message[:300]), None

@@ -28,6 +28,7 @@ from .deid_kit import (
     SOP_UID,
     STUDY_UID,
     UIDS,
+    assert_paths_agree,
     code_item,
     leaks,
     make_ct,
@@ -40,6 +41,7 @@ from .deid_kit import (
 def deid(ds: Dataset, config: DeidConfig | None = None, key: bytes = KEY) -> Dataset:
     result = deidentify_dataset(ds, config=config or DeidConfig(), project_key=key)
     assert result.dataset is not None, result.excluded
+    assert_paths_agree(ds, config or DeidConfig(), key)
     return result.dataset
 
 

@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from medvault.dicom.deid import DatePolicy, DeidConfig, deidentify_dataset
 from medvault.dicom.deid._table import Row, load_table
 
-from .deid_kit import KEY, PATIENT_ID, code_item, make_ct
+from .deid_kit import KEY, PATIENT_ID, assert_paths_agree, code_item, make_ct
 
 TABLE = load_table()
 EXACT = [r for r in TABLE.rows if r.match == "exact" and r.value is not None and r.value >> 16 != 0x0002]
@@ -97,6 +97,8 @@ def run(row: Row, column: str | None) -> tuple[Dataset, DataElement, Dataset, De
     config = DeidConfig(**{**base.__dict__, "record_mapping": True})
     result = deidentify_dataset(ds, config=config, project_key=KEY)
     assert result.dataset is not None, result.excluded
+    taken = assert_paths_agree(ds, config)
+    assert taken or elem.tag >> 16 == 0x0000, "the fast path takes every case a file can hold"
     return ds, elem, result.dataset, config
 
 

@@ -79,12 +79,14 @@ def _is_dicom_at_all(ds: Dataset) -> bool:
         return False
 
 
-def _read(path: Path) -> tuple[Dataset | None, str | None, Status]:
+def _read(source: Path | io.BytesIO) -> tuple[Dataset | None, str | None, Status]:
     try:
-        ds = dcmread(path)
+        ds = dcmread(source)
     except InvalidDicomError:
         try:
-            ds = dcmread(path, force=True)
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            ds = dcmread(source, force=True)
         except Exception:
             return None, "not a DICOM file", "skipped"
         if not _is_dicom_at_all(ds):
@@ -137,7 +139,17 @@ def _process(job: tuple[Path, Path]) -> tuple[FileOutcome, ReidentificationMap |
     source, dst = job
     engine = _WORKER
     assert engine is not None
-    ds, reason, status = _read(source)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        return FileOutcome(source, "failed", reason=f"unreadable: {exc.__class__.__name__}"), None
+    fast = engine.deidentify_bytes(data)  # the common case, without pydicom
+    if fast is not None:
+        name = f"{fast.sop_instance_uid}.dcm"
+        placed, clash = _place(fast.data, dst, name)
+        notes = "; ".join(fast.notes) or None
+        return FileOutcome(source, placed, output=dst / name, reason=clash or notes), fast.mapping
+    ds, reason, status = _read(io.BytesIO(data))
     if ds is None:
         return FileOutcome(source, status, reason=reason), None
     try:
@@ -177,7 +189,9 @@ def iter_inputs(src: Path) -> Iterator[Path]:
 
 def _context() -> multiprocessing.context.BaseContext:
     if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # workers start with the engine imported
+        return context
     return multiprocessing.get_context("spawn")
 
 

@@ -40,7 +40,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from medvault.dicom.deid import _pixels
+from medvault.dicom.deid import _pixels, _raw
 from medvault.dicom.deid._config import DatePolicy, DeidConfig, PixelMaskRule
 from medvault.dicom.deid._keys import Keys
 from medvault.dicom.deid._table import (
@@ -55,6 +55,10 @@ from medvault.dicom.deid._text import Scrubber, vocabulary_terms
 
 _IGNORE = 0  # pydicom.config.IGNORE: values we build are valid by construction
 
+# An element on either path: pydicom's DataElement or the fast path's _raw.RawElement (same
+# duck-typed surface: tag, VR, value, is_undefined_length). Data sets likewise.
+Elem = Any
+
 IMPLEMENTATION_CLASS_UID = UID("2.25." + str(int.from_bytes(hashlib.sha256(b"medvault-deid").digest()[:16])))
 IMPLEMENTATION_VERSION_NAME = "MEDVAULT_DEID_1"
 
@@ -64,6 +68,11 @@ CODE_MEANING = 0x00080104
 TEXT_VALUE = 0x0040A160
 UNFORMATTED_TEXT_VALUE = 0x00700006
 SOP_INSTANCE_UID = 0x00080018
+SOP_CLASS_UID = 0x00080016
+IDENTITY_REMOVED = 0x00120062
+DEID_METHOD = 0x00120063
+DEID_METHOD_CODES = 0x00120064
+TEMPORAL_MODIFIED = 0x00280303
 
 _LIGHT_TEXT = frozenset({"LO", "SH", "UC", "UR"})
 _FREE_TEXT = frozenset({"ST", "LT", "UT"})
@@ -144,6 +153,18 @@ class ReidentificationMap:
 
 
 @dataclass(frozen=True)
+class EncodedResult:
+    """The fast path's outcome: the de-identified Part 10 file's bytes."""
+
+    data: bytes
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    notes: tuple[str, ...] = ()
+    mapping: ReidentificationMap | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome for one data set: ``dataset`` (de-identified) or ``excluded`` (the reason)."""
 
@@ -157,6 +178,10 @@ class Result:
         if self.dataset is None:
             return None
         return str(self.dataset.get("SOPInstanceUID", "")) or None
+
+
+def _text_value(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _shift_date(value: str, offset: dt.timedelta) -> str:
@@ -183,7 +208,7 @@ def _shift_datetime(value: str, offset: dt.timedelta) -> str:
     return shifted + v[date_len:] if shifted else ""
 
 
-def _values(elem: DataElement) -> list[Any]:
+def _values(elem: Elem) -> list[Any]:
     v = elem.value
     if v is None:
         return []
@@ -197,8 +222,39 @@ def _clip(vr: str, text: str) -> str:
     return text[:limit] if limit is not None else text
 
 
+class _PydicomModel:
+    """Builds output elements as pydicom objects (the general path). The fast path's twin is
+    ``_raw.RawModel``; the engine only builds elements through one of these."""
+
+    __slots__ = ()
+
+    def new(self, tag: int, vr: str, value: Any) -> DataElement:
+        return DataElement(tag, vr, value, validation_mode=_IGNORE)
+
+    def like(self, elem: DataElement, value: Any) -> DataElement:
+        return DataElement(
+            elem.tag, elem.VR, value, is_undefined_length=elem.is_undefined_length, validation_mode=_IGNORE
+        )
+
+    def copy(self, elem: DataElement) -> DataElement:
+        value = elem.value
+        if isinstance(value, MultiValue):
+            value = list(value)
+        return self.like(elem, value)
+
+    def sequence(self, tag: int, items: list[Dataset]) -> DataElement:
+        return DataElement(tag, "SQ", Sequence(items), validation_mode=_IGNORE)
+
+    def dataset(self) -> Dataset:
+        return Dataset()
+
+
+_PYDICOM = _PydicomModel()
+
+
 class _Run:
-    """The state of de-identifying one instance."""
+    """The state of de-identifying one instance. Elements and data sets are pydicom's or the
+    fast path's (``_raw``): the same duck-typed surface (tag, VR, value, iteration, add)."""
 
     def __init__(
         self,
@@ -207,8 +263,10 @@ class _Run:
         patient_id: str,
         terms: Iterable[str],
         overlay_rule: PixelMaskRule | None,
+        model: Any = _PYDICOM,
     ) -> None:
         self.engine = engine
+        self.model = model
         self.config = engine.config
         self.actions = engine.actions
         self.keys = engine.keys
@@ -229,34 +287,29 @@ class _Run:
             self.reid[value] = new
         return new
 
-    def _element(self, elem: DataElement, value: Any) -> DataElement:
-        return DataElement(
-            elem.tag, elem.VR, value, is_undefined_length=elem.is_undefined_length, validation_mode=_IGNORE
-        )
+    def _element(self, elem: Any, value: Any) -> Any:
+        return self.model.like(elem, value)
 
-    def _copy(self, elem: DataElement) -> DataElement:
-        value = elem.value
-        if isinstance(value, MultiValue):
-            value = list(value)
-        return self._element(elem, value)
+    def _copy(self, elem: Any) -> Any:
+        return self.model.copy(elem)
 
-    def _text(self, elem: DataElement, *, full: bool) -> DataElement:
+    def _text(self, elem: Elem, *, full: bool) -> Elem:
         values = _values(elem)
         clean = self.scrubber.clean
         cleaned = [_clip(elem.VR, clean(str(v), full=full)) if v is not None else v for v in values]
         return self._element(elem, cleaned if len(cleaned) != 1 else cleaned[0])
 
-    def _sequence(self, elem: DataElement, *, clean: bool) -> DataElement:
-        items = Sequence([self.walk(item, nested=True, clean=clean) for item in elem.value or []])
-        return DataElement(elem.tag, "SQ", items, validation_mode=_IGNORE)
+    def _sequence(self, elem: Elem, *, clean: bool) -> Elem:
+        items = [self.walk(item, nested=True, clean=clean) for item in elem.value or []]
+        return self.model.sequence(elem.tag, items)
 
-    def _uids(self, elem: DataElement) -> DataElement:
+    def _uids(self, elem: Elem) -> Elem:
         if self.config.retain_uids:
             return self._copy(elem)
         mapped = [self.map_uid(str(v)) for v in _values(elem)]
         return self._element(elem, mapped if len(mapped) != 1 else mapped[0])
 
-    def _dates(self, elem: DataElement) -> DataElement | None:
+    def _dates(self, elem: Elem) -> Elem | None:
         """DA/DT/TM under the date policy (C action and dates outside the table)."""
         if self.config.dates is DatePolicy.FULL:
             return self._copy(elem)
@@ -268,31 +321,31 @@ class _Run:
         shifted = [shift(str(v), self.offset) for v in _values(elem)]
         return self._element(elem, shifted if len(shifted) != 1 else shifted[0])
 
-    def _zero(self, elem: DataElement) -> DataElement:
+    def _zero(self, elem: Elem) -> Elem:
         if elem.tag == PATIENT_NAME:
             return self._element(elem, self.keys.pseudonym_name(self.patient_id))
         if elem.tag == PATIENT_ID:
             return self._element(elem, self.keys.pseudonym_id(str(elem.value or "")))
         if elem.VR == "SQ":
-            return DataElement(elem.tag, "SQ", Sequence(), validation_mode=_IGNORE)
-        return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR), validation_mode=_IGNORE)
+            return self.model.sequence(elem.tag, [])
+        return self.model.new(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
 
-    def _dummy(self, elem: DataElement) -> DataElement:
+    def _dummy(self, elem: Elem) -> Elem:
         vr = elem.VR
         if elem.tag in (PATIENT_NAME, PATIENT_ID):
             return self._zero(elem)
         if vr == "SQ":  # a non-empty value that says nothing: one empty item
-            return DataElement(elem.tag, "SQ", Sequence([Dataset()]), validation_mode=_IGNORE)
+            return self.model.sequence(elem.tag, [self.model.dataset()])
         if vr == "UI":
             mapped = self._uids(elem)
             if mapped.value:
                 return mapped
             return self._element(elem, self.keys.uid(f"dummy:{elem.tag:08X}"))
         if vr in _BYTES:
-            return DataElement(elem.tag, vr, b"\0\0", validation_mode=_IGNORE)
-        return DataElement(elem.tag, vr, _DUMMIES.get(vr, DUMMY_TEXT), validation_mode=_IGNORE)
+            return self.model.new(elem.tag, vr, b"\0\0")
+        return self.model.new(elem.tag, vr, _DUMMIES.get(vr, DUMMY_TEXT))
 
-    def _clean(self, elem: DataElement, *, clean_bytes: bool = False) -> DataElement | None:
+    def _clean(self, elem: Elem, *, clean_bytes: bool = False) -> Elem | None:
         """The C action: values of similar meaning known not to identify anyone."""
         vr = elem.VR
         if vr == "SQ":
@@ -312,7 +365,7 @@ class _Run:
             return self._dummy(elem)
         return self._copy(elem)  # CS (defined terms), AS, numbers
 
-    def _keep(self, elem: DataElement, *, clean: bool) -> DataElement:
+    def _keep(self, elem: Elem, *, clean: bool) -> Elem:
         vr = elem.VR
         if vr == "SQ":
             return self._sequence(elem, clean=clean)
@@ -321,7 +374,7 @@ class _Run:
         return self._copy(elem)
 
     # --- dispatch -----------------------------------------------------------------------
-    def apply(self, code: str, elem: DataElement, *, nested: bool, clean: bool) -> DataElement | None:
+    def apply(self, code: str, elem: Elem, *, nested: bool, clean: bool) -> Elem | None:
         if "/" in code:
             code = resolve_combined(code, elem.tag, self.sop_class, nested=nested)
         if code == "X":
@@ -340,7 +393,7 @@ class _Run:
             return self._clean(elem)
         raise ValueError(f"unknown action code {code!r}")  # pragma: no cover - table data error
 
-    def beyond(self, elem: DataElement, *, clean: bool) -> DataElement | None:
+    def beyond(self, elem: Elem, *, clean: bool) -> Elem | None:
         """Standard attributes that Table E.1-1 does not list."""
         vr = elem.VR
         if vr == "SQ":
@@ -357,7 +410,7 @@ class _Run:
             return self._text(elem, full=clean or vr in _FREE_TEXT or elem.tag in _FULL_SCRUB_TAGS)
         return self._copy(elem)
 
-    def graphic(self, code: str, elem: DataElement, *, clean: bool) -> DataElement | None:
+    def graphic(self, code: str, elem: Elem, *, clean: bool) -> Elem | None:
         """Curves (50XX) and overlays (60XX): the table's mask rows, and the rest of the group."""
         group, element = elem.tag >> 16, elem.tag & 0xFFFF
         if group & 0xFF00 == 0x6000:
@@ -373,11 +426,11 @@ class _Run:
             return self._text(elem, full=True)
         return self._clean(elem, clean_bytes=True) if elem.VR != "SQ" else self._sequence(elem, clean=True)
 
-    def walk(self, src: Dataset, *, nested: bool, clean: bool) -> Dataset:
-        out = Dataset()
+    def walk(self, src: Any, *, nested: bool, clean: bool) -> Any:
+        out = self.model.dataset()
         exact = self.actions.exact
         retain_private = self.actions.private == "C"
-        creators: dict[int, DataElement] = {}
+        creators: dict[int, Elem] = {}
         used_blocks: set[int] = set()
         safe = _safe_private()
         for elem in src:
@@ -401,7 +454,7 @@ class _Run:
                     used_blocks.add(block)
                 continue
             code = exact.get(tag)
-            new: DataElement | None
+            new: Elem | None
             if code is not None:
                 new = self.apply(code, elem, nested=nested, clean=clean)
             elif group & 0xFF00 == 0x5000:
@@ -420,7 +473,7 @@ class _Run:
         return out
 
 
-def _collect_terms(ds: Dataset, actions: CompiledActions, terms: set[str]) -> None:
+def _collect_terms(ds: Any, actions: CompiledActions, terms: set[str]) -> None:
     """The values the profile removes or replaces, to hunt for wherever text is kept."""
     exact = actions.exact
     for elem in ds:
@@ -506,12 +559,7 @@ class Deidentifier:
             )
             return Result(dataset=None, excluded=f"burned-in text suspected ({reason}); {how}")
 
-        patient_id = str(ds.get("PatientID", "") or "")
-        sop_class = str(ds.get("SOPClassUID", "") or "")
-        terms: set[str] = set()
-        _collect_terms(ds, self.actions, terms)
-        run = _Run(self, sop_class, patient_id, terms, rule if config.clean_graphics else None)
-        out = run.walk(ds, nested=False, clean=False)
+        out, run, patient_id = self._walk(ds, _PYDICOM, rule if config.clean_graphics else None)
 
         if SOP_INSTANCE_UID not in out:
             out.SOPInstanceUID = self.keys.uid("medvault-content:" + _content_digest(ds))
@@ -538,53 +586,100 @@ class Deidentifier:
             notes.append(f"pixel mask applied: {pixel_rule.name or 'unnamed rule'}")
         if run.keep_overlays and rule is not None:
             _pixels.mask_overlays(out, rule)
-        self._mark(ds, out, codes, method)
+        self._mark(ds, out, codes, method, _PYDICOM)
+        return Result(dataset=out, notes=tuple(notes), mapping=self._mapping(run, patient_id))
 
-        mapping = None
-        if run.reid is not None:
-            offset = run.offset.days if run.offset is not None else None
-            mapping = ReidentificationMap(
-                uids=dict(run.reid),
-                patients={
-                    patient_id: PatientEntry(
-                        self.keys.pseudonym_id(patient_id), self.keys.pseudonym_name(patient_id), offset
-                    )
-                },
+    def deidentify_bytes(self, data: bytes) -> EncodedResult | None:
+        """The fast path: a Part 10 file in, the de-identified file's bytes out, without pydicom.
+
+        None when the input is outside the fast path (see ``_raw``), may carry burned-in text,
+        lacks its SOP UIDs or was de-identified before: then read it with pydicom and call
+        :meth:`deidentify`, which handles (or refuses) every case. Same result either way.
+        """
+        config = self.config
+        if config.pixel_masks and (config.clean_pixel_data or config.clean_graphics):
+            return None
+        try:
+            raw = _raw.read(data, private_un=self.actions.private != "C")
+            ds = raw.dataset
+            if (
+                SOP_INSTANCE_UID not in ds
+                or SOP_CLASS_UID not in ds
+                or DEID_METHOD in ds
+                or DEID_METHOD_CODES in ds
+                or _pixels.burned_in_reason(ds) is not None
+            ):
+                return None
+            model = _raw.RawModel(raw.codec)
+            out, run, patient_id = self._walk(ds, model, None)
+            sop_class, sop_instance = out.get("SOPClassUID"), out.get("SOPInstanceUID")
+            if not isinstance(sop_class, str) or not isinstance(sop_instance, str) or not sop_instance:
+                return None
+            codes, method = self._method
+            self._mark(ds, out, codes, method, model)
+            encoded = _raw.write(
+                out,
+                sop_class=sop_class,
+                sop_instance=sop_instance,
+                syntax=raw.syntax,
+                implementation=(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME),
             )
-        return Result(dataset=out, notes=tuple(notes), mapping=mapping)
+        except _raw.Fallback:
+            return None
+        return EncodedResult(
+            data=encoded,
+            sop_instance_uid=sop_instance,
+            study_instance_uid=_text_value(out.get("StudyInstanceUID")),
+            series_instance_uid=_text_value(out.get("SeriesInstanceUID")),
+            mapping=self._mapping(run, patient_id),
+        )
 
-    def _mark(self, src: Dataset, out: Dataset, codes: list[str], method: list[str]) -> None:
+    def _walk(self, ds: Any, model: Any, overlay_rule: PixelMaskRule | None) -> tuple[Any, _Run, str]:
+        """The element-by-element pass shared by both paths: (output data set, run, PatientID)."""
+        patient_id = str(ds.get("PatientID", "") or "")
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        terms: set[str] = set()
+        _collect_terms(ds, self.actions, terms)
+        run = _Run(self, sop_class, patient_id, terms, overlay_rule, model)
+        return run.walk(ds, nested=False, clean=False), run, patient_id
+
+    def _mapping(self, run: _Run, patient_id: str) -> ReidentificationMap | None:
+        if run.reid is None:
+            return None
+        offset = run.offset.days if run.offset is not None else None
+        keys = self.keys
+        entry = PatientEntry(keys.pseudonym_id(patient_id), keys.pseudonym_name(patient_id), offset)
+        return ReidentificationMap(uids=dict(run.reid), patients={patient_id: entry})
+
+    def _mark(self, src: Any, out: Any, codes: list[str], method: list[str], model: Any) -> None:
         """PatientIdentityRemoved, De-identification Method (+ Code Sequence), and the
         Longitudinal Temporal Information Modified flag (PS3.3 C.7.1.1). Earlier passes'
         methods (when the input was de-identified before) are kept, then ours, without repeats.
         """
-        out.PatientIdentityRemoved = "YES"
-        previous = src.get(0x00120063)
+        out.add(model.new(IDENTITY_REMOVED, "CS", "YES"))
+        previous = src.get(DEID_METHOD)
         prior = [str(v) for v in (_values(previous) if previous is not None else [])]
-        out.DeidentificationMethod = list(dict.fromkeys([*prior, *method]))
-        items: list[Dataset] = []
+        out.add(model.new(DEID_METHOD, "LO", list(dict.fromkeys([*prior, *method]))))
+        items: list[Any] = []
         seen: set[tuple[str, str]] = set()
-        prior_items = src.get("DeidentificationMethodCodeSequence") or []
-        for item in [*prior_items, *(self._code_item(c) for c in codes)]:
+        prior_items = src.get("DeidentificationMethodCodeSequence") or []  # the fast path has none
+        for item in [*prior_items, *(self._code_item(c, model) for c in codes)]:
             key = (str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")))
             if key in seen or not key[0]:
                 continue
             seen.add(key)
             ours = key[1] == "DCM" and key[0] in CID7050
-            items.append(self._code_item(key[0]) if ours else copy.deepcopy(item))
-        out.DeidentificationMethodCodeSequence = Sequence(items)
-        out.LongitudinalTemporalInformationModified = {
-            DatePolicy.REMOVE: "REMOVED",
-            DatePolicy.FULL: "UNMODIFIED",
-            DatePolicy.MODIFIED: "MODIFIED",
-        }[self.config.dates]
+            items.append(self._code_item(key[0], model) if ours else copy.deepcopy(item))
+        out.add(model.sequence(DEID_METHOD_CODES, items))
+        flag = {DatePolicy.REMOVE: "REMOVED", DatePolicy.FULL: "UNMODIFIED", DatePolicy.MODIFIED: "MODIFIED"}
+        out.add(model.new(TEMPORAL_MODIFIED, "CS", flag[self.config.dates]))
 
     @staticmethod
-    def _code_item(code: str) -> Dataset:
-        item = Dataset()
-        item.CodeValue = code
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = CID7050[code]
+    def _code_item(code: str, model: Any) -> Any:
+        item = model.dataset()
+        item.add(model.new(0x00080100, "SH", code))  # Code Value
+        item.add(model.new(0x00080102, "SH", "DCM"))  # Coding Scheme Designator
+        item.add(model.new(0x00080104, "LO", CID7050[code]))  # Code Meaning
         return item
 
 

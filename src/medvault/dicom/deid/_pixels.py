@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from medvault.dicom.deid._config import PixelMaskRule
+from medvault.dicom.deid._raw import RawDataset
 
 # SOP classes whose pixels commonly carry burned-in text
 _SUSPECT_CLASSES: dict[str, str] = {
@@ -38,7 +39,7 @@ _SUSPECT_MODALITIES = {"US": "ultrasound", "XC": "external camera photograph", "
 _SUSPECT_IMAGE_TYPES = {"SCREEN SAVE": "screen capture", "SCREENSHOT": "screen capture"}
 
 
-def burned_in_reason(ds: Dataset) -> str | None:
+def burned_in_reason(ds: Dataset | RawDataset) -> str | None:
     """Why ``ds`` may carry burned-in text, or None (a generic reason: never a patient value)."""
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
         return "BurnedInAnnotation is YES"
