@@ -718,6 +718,12 @@ def test_plain_dimse_only_when_switched_on(env: Env, caplog: pytest.LogCaptureFi
     try:
         assert "PLAIN DIMSE is ON" in caplog.text
         assert any(e.action == "dimse.plain_enabled" for e in events)
+        ledger = env.home.ledger
+        before = ledger.size
+        for event in events:  # every listener event is one the ledger accepts (no PHI-like keys)
+            env.home.archive.audit.dimse(event)
+        ledger.flush()
+        assert ledger.size == before + len(events)
         ok = run(["/usr/bin/echoscu", "-aet", "SCU1", "-aec", "MEDVAULT", "127.0.0.1", str(plain.port)])
         assert ok.returncode == 0, ok.stdout + ok.stderr
         bad = run(["/usr/bin/echoscu", "-aet", "UNKNOWN", "-aec", "MEDVAULT", "127.0.0.1", str(plain.port)])
@@ -835,5 +841,6 @@ def test_serve_starts_the_dimse_listener_and_nodes_cli_issues_certificates(
     assert any(
         b'"node:ct1"' in leaf and b'"study.store"' in leaf and b"authz_decision" in leaf for leaf in leaves
     )
+    assert any(b'"dimse.listener.start"' in leaf for leaf in leaves)
     refused = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert refused.returncode != 0

@@ -305,7 +305,7 @@ class DimseServer:
             DimseAuditEvent(
                 "dimse.listener.start",
                 "info",
-                details={"address": f"{self.host}:{self.port}", "mode": mode},
+                details={"endpoint": f"{self.host}:{self.port}", "mode": mode},
                 called_ae=ae_title,
             )
         )
@@ -323,7 +323,7 @@ class DimseServer:
                     "dimse.plain_enabled",
                     "warning",
                     called_ae=ae_title,
-                    details={"address": f"{self.host}:{self.port}"},
+                    details={"endpoint": f"{self.host}:{self.port}"},
                     reason="plain DIMSE explicitly enabled for this listener",
                 )
             )
