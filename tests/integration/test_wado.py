@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from medvault.sample import generate_study
 from tests.conftest import Server, make_home, start_server
 
 pytestmark = pytest.mark.integration
@@ -188,9 +189,11 @@ def test_no_accept_gives_as_stored(wado: Wado) -> None:
 def test_study_and_series_as_stored(wado: Wado) -> None:
     j2k, lossy = wado.files["JPEG2000.dcm"], wado.files["JPEG-lossy.dcm"]
     assert j2k.ds.StudyInstanceUID == lossy.ds.StudyInstanceUID
-    study = parts(
-        wado.client.get(f"/dicomweb/studies/{j2k.ds.StudyInstanceUID}", headers={"Accept": AS_STORED})
-    )
+    response = wado.client.get(f"/dicomweb/studies/{j2k.ds.StudyInstanceUID}", headers={"Accept": AS_STORED})
+    # as stored, every size is known: a Content-Length body, no chunked framing
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
+    study = parts(response)
     assert sorted(body for _, body in study) == sorted([j2k.data, lossy.data])
     for stored in (j2k, lossy):
         series_path = f"/dicomweb/studies/{stored.ds.StudyInstanceUID}/series/{stored.ds.SeriesInstanceUID}"
@@ -202,6 +205,19 @@ def test_study_and_series_as_stored(wado: Wado) -> None:
         wado.client.get(f"/dicomweb/studies/{ct.ds.StudyInstanceUID}", headers={"Accept": AS_STORED})
     )
     assert body == ct.data
+
+
+def test_study_larger_than_one_read_batch_streams_every_part(wado: Wado, tmp_path: Path) -> None:
+    """Parts are read a few MB per worker-thread trip: 12 instances of 512x512 cross that."""
+    paths = generate_study(
+        tmp_path / "big", seed=5, series=1, instances=12, patient_name="BIG^STUDY", patient_id="B1"
+    )
+    originals = [p.read_bytes() for p in paths]
+    stow(wado.client, originals)
+    study = dcmread(paths[0]).StudyInstanceUID
+    response = wado.client.get(f"/dicomweb/studies/{study}", headers={"Accept": AS_STORED})
+    assert int(response.headers["content-length"]) == len(response.content) > 12 * 512 * 512 * 2
+    assert sorted(body for _, body in parts(response)) == sorted(originals)
 
 
 @pytest.mark.parametrize("name", DECODABLE_COMPRESSED)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medvault import __version__
 from medvault.access.lockout import TooManyAttempts
@@ -42,6 +42,54 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+
+
+class HeadersAndAccessLog:
+    """Security headers on every response and one access-log line per request (method, path,
+    status, time: never the query string, which carries patient names and IDs). An unhandled
+    error becomes a bare 500; only its type is logged (a traceback may quote data).
+
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware passes each
+    body chunk of a streamed response through an extra task and stream (WADO bodies are GBs).
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in SECURITY_HEADERS.items()
+            if hsts or name != "Strict-Transport-Security"
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            error_log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
+            if status:
+                raise  # the response already started: the server closes the connection
+            await JSONResponse({"error": "internal error"}, status_code=500)(
+                scope, receive, send_with_headers
+            )
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed_ms)
 
 
 def _error_response(exc: MedvaultError) -> JSONResponse:
@@ -79,7 +127,6 @@ def create_app(
     app.state.oidc = oidc
     app.state.max_request_bytes = server.max_request_bytes
     app.state.public_url = server.public_url
-    hsts = not server.plain_http
 
     @app.exception_handler(MedvaultError)
     async def medvault_error(_request: Request, exc: MedvaultError) -> JSONResponse:
@@ -91,30 +138,7 @@ def create_app(
         names = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) for err in exc.errors()})
         return JSONResponse({"error": f"invalid parameter: {', '.join(names)}"}, status_code=400)
 
-    @app.middleware("http")
-    async def headers_and_access_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:
-            # The traceback may quote data; log only the type. The client gets no internals.
-            error_log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        for name, value in SECURITY_HEADERS.items():
-            if name == "Strict-Transport-Security" and not hsts:
-                continue
-            response.headers.setdefault(name, value)
-        # The query string is never logged: QIDO queries carry patient names and IDs.
-        access_log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+    app.add_middleware(HeadersAndAccessLog, hsts=not server.plain_http)
 
     if server.cors_origins:
         app.add_middleware(

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
@@ -45,6 +46,7 @@ from medvault.index.store import InstanceRecord, Level
 
 Json = dict[str, Any]
 DICOM_JSON = "application/dicom+json"
+_BATCH_BYTES = 4 * 1024 * 1024  # instances read per trip to a worker thread while streaming
 
 router = APIRouter(prefix="/dicomweb")
 
@@ -272,26 +274,41 @@ def _retrieve(
         if {r.transfer_syntax for r in records} != {choice.transfer_syntax}:
             raise _syntax_not_available(choice.transfer_syntax)
     if choice.single_part:
-        body = _serve_bytes(archive, records[0], choice.transfer_syntax)
-        return Response(body, media_type="application/dicom")
+        return Response(
+            _serve_bytes(archive, records[0], choice.transfer_syntax), media_type="application/dicom"
+        )
     # Read the first instance before answering, so a missing or corrupt object is a clean error.
     first = _serve_bytes(archive, records[0], choice.transfer_syntax)
     boundary = mp.new_boundary()
+    heads = [_part_head(boundary, choice.transfer_syntax, r) for r in records]
+    closing = mp.closing(boundary)
+    headers: dict[str, str] = {}
+    if all(choice.transfer_syntax in (ANY_SYNTAX, r.transfer_syntax) for r in records):
+        # served as stored: every part's size is known, so the body needs no chunked framing
+        size = sum(len(head) + record.size + 2 for head, record in zip(heads, records, strict=True))
+        headers["Content-Length"] = str(size + len(closing))
 
-    def parts() -> Iterator[bytes]:
-        yield _part(boundary, first, choice.transfer_syntax, records[0])
-        for record in records[1:]:
-            yield _part(
-                boundary,
-                _serve_bytes(archive, record, choice.transfer_syntax),
-                choice.transfer_syntax,
-                record,
-            )
-        yield mp.closing(boundary)
+    def read_batch(batch: Sequence[tuple[bytes, InstanceRecord]]) -> bytes:
+        return b"".join(
+            head + _serve_bytes(archive, record, choice.transfer_syntax) + b"\r\n" for head, record in batch
+        )
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield heads[0] + first + b"\r\n"
+        pending = list(zip(heads[1:], records[1:], strict=True))
+        while pending:  # a few MB per trip to a worker thread: reading, decrypting, verifying
+            take, batch_bytes = 0, 0
+            while take < len(pending) and (take == 0 or batch_bytes < _BATCH_BYTES):
+                batch_bytes += pending[take][1].size
+                take += 1
+            batch, pending = pending[:take], pending[take:]
+            yield await anyio.to_thread.run_sync(read_batch, batch)
+        yield closing
 
     return StreamingResponse(
-        parts(),
+        stream(),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        headers=headers,
     )
 
 
@@ -302,9 +319,9 @@ def _syntax_not_available(syntax: str) -> NotAcceptable:
     )
 
 
-def _part(boundary: str, body: bytes, requested: str, record: InstanceRecord) -> bytes:
+def _part_head(boundary: str, requested: str, record: InstanceRecord) -> bytes:
     syntax = record.transfer_syntax if requested == ANY_SYNTAX else requested
-    return mp.encode_part(boundary, f"application/dicom; transfer-syntax={syntax}", body)
+    return mp.encode_part_head(boundary, f"application/dicom; transfer-syntax={syntax}")
 
 
 @router.get("/studies/{study}")

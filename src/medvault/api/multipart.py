@@ -174,11 +174,16 @@ def new_boundary() -> str:
     return "medvault-" + secrets.token_hex(16)
 
 
-def encode_part(boundary: str, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> bytes:
+def encode_part_head(boundary: str, content_type: str, extra: dict[str, str] | None = None) -> bytes:
+    """A part's delimiter and headers; the body and a CRLF follow."""
     head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
     for name, value in (extra or {}).items():
         head += f"{name}: {value}\r\n"
-    return head.encode("ascii") + b"\r\n" + body + b"\r\n"
+    return head.encode("ascii") + b"\r\n"
+
+
+def encode_part(boundary: str, content_type: str, body: bytes, extra: dict[str, str] | None = None) -> bytes:
+    return encode_part_head(boundary, content_type, extra) + body + b"\r\n"
 
 
 def closing(boundary: str) -> bytes:
