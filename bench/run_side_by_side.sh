@@ -14,15 +14,19 @@
 # 5. stops both servers by PID (trap) and deletes their temp dirs.
 #
 # FAIRNESS NOTE: medvault is measured over HTTPS (private CA), encrypts every object at rest and checks a
-# Bearer key per request; Orthanc is measured over plain HTTP with HTTP basic auth and stores plain files.
-# (Orthanc's TLS needs extra certificate configuration, and Debian's Orthanc 1.10.1 segfaults on the first
-# TLS handshake with "SslEnabled": true, RSA or EC certificate alike.) The ratios therefore include
-# medvault's TLS + encryption cost; Orthanc runs with its stock defaults apart from the two switches above.
+# Bearer key per request. Orthanc stores plain files and is measured twice, each instance with its own
+# store: "orthanc" over plain HTTP with HTTP basic auth, and "orthanc-tls" behind nginx terminating TLS
+# (how Orthanc's book says to serve it over HTTPS; Debian's Orthanc 1.10.1 segfaults on the first TLS
+# handshake with its own "SslEnabled": true). The client pays for TLS too (Python's ssl hands it at most
+# one 16 KiB record per read), so only "orthanc-tls" compares like with like on the wire; "orthanc"
+# shows the cost of TLS itself. Orthanc runs with its stock defaults apart from the two switches above.
 #
 # Environment knobs:
 #   DATA=bench/data/ct2000      data set folder (generated with GEN_ARGS if it has no manifest.json)
 #   GEN_ARGS="..."              generate.py options for a missing data set (default: generator defaults)
 #   ONLY=both|orthanc|medvault  which servers to run (default both; "orthanc" works before medvault exists)
+#   ORTHANC_TLS=1|0             also run Orthanc behind nginx over HTTPS (default 1 when nginx is installed;
+#                               apt-get install nginx-light) on ORTHANC_TLS_PORT=19045 (upstream 19046/19047)
 #   OUT_JSON=bench/results/side_by_side.json
 #   ORTHANC_PORT=19042 ORTHANC_DICOM_PORT=19043 MEDVAULT_PORT=19044
 #   KEEP=1                      keep the servers' temp dirs (logs, stores) after the run
@@ -40,6 +44,17 @@ ORTHANC_PORT=${ORTHANC_PORT:-19042}
 ORTHANC_DICOM_PORT=${ORTHANC_DICOM_PORT:-19043}
 MEDVAULT_PORT=${MEDVAULT_PORT:-19044}
 ORTHANC_BIN=${ORTHANC_BIN:-$(command -v Orthanc || echo /usr/sbin/Orthanc)}
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+ORTHANC_TLS_PORT=${ORTHANC_TLS_PORT:-19045}
+ORTHANC_TLS_UPSTREAM_PORT=${ORTHANC_TLS_UPSTREAM_PORT:-19046}
+ORTHANC_TLS_DICOM_PORT=${ORTHANC_TLS_DICOM_PORT:-19047}
+if [[ -z "${ORTHANC_TLS:-}" ]]; then
+    if [[ -x "$NGINX_BIN" ]]; then ORTHANC_TLS=1; else
+        ORTHANC_TLS=0
+        echo "nginx is not installed: Orthanc is measured over plain HTTP only (apt-get install nginx-light" \
+             "adds Orthanc behind a TLS proxy)" >&2
+    fi
+fi
 ORTHANC_DICOMWEB_PLUGIN=${ORTHANC_DICOMWEB_PLUGIN:-/usr/share/orthanc/plugins/libOrthancDicomWeb.so}
 ORTHANC_USER=bench
 ORTHANC_PASSWORD=bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
@@ -50,7 +65,7 @@ if [[ "$ONLY" != orthanc && ! -x "$MEDVAULT_BIN" ]]; then
     exit 2
 fi
 
-ORTHANC_PID="" MEDVAULT_PID="" ORTHANC_DIR="" MEDVAULT_DIR=""
+ORTHANC_PID="" MEDVAULT_PID="" ORTHANC_DIR="" MEDVAULT_DIR="" ORTHANC_TLS_PID="" ORTHANC_TLS_DIR="" NGINX_PID=""
 
 stop_pid() { # stop_pid PID NAME: SIGTERM, then SIGKILL after 20 s
     local pid=$1 name=$2 i
@@ -68,10 +83,13 @@ cleanup() {
     local rc=$?
     stop_pid "$MEDVAULT_PID" medvault
     stop_pid "$ORTHANC_PID" Orthanc
+    stop_pid "$NGINX_PID" nginx
+    stop_pid "$ORTHANC_TLS_PID" "Orthanc (behind nginx)"
     if [[ "${KEEP:-0}" == 1 ]]; then
         echo "kept: ${ORTHANC_DIR:-} ${MEDVAULT_DIR:-}" >&2
     else
         [[ -n "$ORTHANC_DIR" ]] && rm -rf "$ORTHANC_DIR"
+        [[ -n "$ORTHANC_TLS_DIR" ]] && rm -rf "$ORTHANC_TLS_DIR"
         [[ -n "$MEDVAULT_DIR" ]] && rm -rf "$MEDVAULT_DIR"
     fi
     exit $rc
@@ -87,18 +105,15 @@ if [[ ! -f "$DATA/manifest.json" ]]; then
 fi
 
 # ---------------------------------------------------------------- 2. Orthanc
-TARGETS=()
-if [[ "$ONLY" != medvault ]]; then
-    ORTHANC_DIR=$(mktemp -d /tmp/medvault-bench-orthanc.XXXXXX)
-    ORTHANC_NAME=orthanc
-    ORTHANC_BASE="http://127.0.0.1:$ORTHANC_PORT"
-    cat >"$ORTHANC_DIR/orthanc.json" <<JSON
+start_orthanc() { # start_orthanc DIR HTTP_PORT DICOM_PORT: start one Orthanc in DIR; sets STARTED_PID
+    local dir=$1 http_port=$2 dicom_port=$3 i
+    cat >"$dir/orthanc.json" <<JSON
 {
-  "Name": "bench-orthanc",
-  "StorageDirectory": "$ORTHANC_DIR/db",
-  "IndexDirectory": "$ORTHANC_DIR/db",
-  "HttpPort": $ORTHANC_PORT,
-  "DicomPort": $ORTHANC_DICOM_PORT,
+  "Name": "bench-orthanc-$http_port",
+  "StorageDirectory": "$dir/db",
+  "IndexDirectory": "$dir/db",
+  "HttpPort": $http_port,
+  "DicomPort": $dicom_port,
   "DicomAet": "ORTHANC",
   "RemoteAccessAllowed": false,
   "AuthenticationEnabled": true,
@@ -110,16 +125,84 @@ if [[ "$ONLY" != medvault ]]; then
   "HttpCompressionEnabled": false
 }
 JSON
-    "$ORTHANC_BIN" "$ORTHANC_DIR/orthanc.json" >"$ORTHANC_DIR/orthanc.log" 2>&1 &
-    ORTHANC_PID=$!
+    "$ORTHANC_BIN" "$dir/orthanc.json" >"$dir/orthanc.log" 2>&1 &
+    STARTED_PID=$!
     for i in $(seq 300); do
-        curl -sf -u "$ORTHANC_USER:$ORTHANC_PASSWORD" "$ORTHANC_BASE/system" -o /dev/null && break
-        if ! kill -0 "$ORTHANC_PID" 2>/dev/null; then cat "$ORTHANC_DIR/orthanc.log" >&2; exit 1; fi
-        [[ $i == 300 ]] && { echo "Orthanc not ready after 30 s" >&2; tail -20 "$ORTHANC_DIR/orthanc.log" >&2; exit 1; }
+        curl -sf -u "$ORTHANC_USER:$ORTHANC_PASSWORD" "http://127.0.0.1:$http_port/system" -o /dev/null && break
+        if ! kill -0 "$STARTED_PID" 2>/dev/null; then cat "$dir/orthanc.log" >&2; exit 1; fi
+        [[ $i == 300 ]] && { echo "Orthanc not ready after 30 s" >&2; tail -20 "$dir/orthanc.log" >&2; exit 1; }
         sleep 0.1
     done
-    echo "== Orthanc $(curl -s -u "$ORTHANC_USER:$ORTHANC_PASSWORD" "$ORTHANC_BASE/system" |
-        "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Version"])') ready (pid $ORTHANC_PID, dir $ORTHANC_DIR)"
+    echo "== Orthanc $(curl -s -u "$ORTHANC_USER:$ORTHANC_PASSWORD" "http://127.0.0.1:$http_port/system" |
+        "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Version"])') ready (pid $STARTED_PID, dir $dir)"
+}
+
+start_tls_proxy() { # start_tls_proxy DIR TLS_PORT UPSTREAM_PORT: nginx terminating TLS for an Orthanc
+    local dir=$1 tls_port=$2 upstream=$3 i
+    mkdir -p "$dir/nginx"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=127.0.0.1" \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$dir/nginx/key.pem" -out "$dir/nginx/cert.pem" 2>/dev/null
+    cat >"$dir/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log;
+daemon off;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path $dir/nginx/body;
+    proxy_temp_path $dir/nginx/proxy;
+    upstream orthanc { server 127.0.0.1:$upstream; keepalive 16; }
+    server {
+        listen 127.0.0.1:$tls_port ssl;
+        ssl_certificate $dir/nginx/cert.pem;
+        ssl_certificate_key $dir/nginx/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        client_max_body_size 0;
+        proxy_request_buffering off;
+        proxy_buffering on;
+        proxy_buffer_size 64k;
+        proxy_buffers 32 64k;
+        proxy_busy_buffers_size 1m;
+        proxy_max_temp_file_size 0;
+        location / {
+            proxy_pass http://orthanc;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+NGINX
+    chmod 755 "$dir" "$dir/nginx"
+    "$NGINX_BIN" -c "$dir/nginx/nginx.conf" >"$dir/nginx/stdout.log" 2>&1 &
+    STARTED_PID=$!
+    for i in $(seq 100); do
+        curl -sf --cacert "$dir/nginx/cert.pem" -u "$ORTHANC_USER:$ORTHANC_PASSWORD" \
+            "https://127.0.0.1:$tls_port/system" -o /dev/null && break
+        if ! kill -0 "$STARTED_PID" 2>/dev/null; then cat "$dir/nginx/error.log" >&2; exit 1; fi
+        [[ $i == 100 ]] && { echo "nginx not ready after 10 s" >&2; cat "$dir/nginx/error.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "== nginx $("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///') terminating TLS on $tls_port for Orthanc on $upstream"
+}
+
+TARGETS=()
+if [[ "$ONLY" != medvault ]]; then
+    ORTHANC_DIR=$(mktemp -d /tmp/medvault-bench-orthanc.XXXXXX)
+    ORTHANC_NAME=orthanc
+    ORTHANC_BASE="http://127.0.0.1:$ORTHANC_PORT"
+    start_orthanc "$ORTHANC_DIR" "$ORTHANC_PORT" "$ORTHANC_DICOM_PORT"
+    ORTHANC_PID=$STARTED_PID
+    if [[ "$ORTHANC_TLS" == 1 ]]; then
+        # a second, independent Orthanc (its own store) behind nginx: HTTPS against HTTPS
+        ORTHANC_TLS_DIR=$(mktemp -d /tmp/medvault-bench-orthanc-tls.XXXXXX)
+        start_orthanc "$ORTHANC_TLS_DIR" "$ORTHANC_TLS_UPSTREAM_PORT" "$ORTHANC_TLS_DICOM_PORT"
+        ORTHANC_TLS_PID=$STARTED_PID
+        start_tls_proxy "$ORTHANC_TLS_DIR" "$ORTHANC_TLS_PORT" "$ORTHANC_TLS_UPSTREAM_PORT"
+        NGINX_PID=$STARTED_PID
+    fi
 fi
 
 # ---------------------------------------------------------------- 3. medvault
@@ -157,6 +240,11 @@ fi
 if [[ "$ONLY" != medvault ]]; then
     TARGETS+=(--target "$ORTHANC_NAME=$ORTHANC_BASE/dicom-web"
               --auth "$ORTHANC_NAME=basic:$ORTHANC_USER:$ORTHANC_PASSWORD")
+    if [[ "$ORTHANC_TLS" == 1 ]]; then
+        TARGETS+=(--target "orthanc-tls=https://127.0.0.1:$ORTHANC_TLS_PORT/dicom-web"
+                  --auth "orthanc-tls=basic:$ORTHANC_USER:$ORTHANC_PASSWORD"
+                  --ca "orthanc-tls=$ORTHANC_TLS_DIR/nginx/cert.pem")
+    fi
 fi
 
 # ---------------------------------------------------------------- 4. benchmark
@@ -169,16 +257,20 @@ set -e
 # store sizes on disk and peak RSS of each server, merged into the JSON
 peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo null; }
 if [[ -f "$OUT_JSON" ]]; then
-    ORTHANC_BYTES=null ORTHANC_RSS=null MEDVAULT_BYTES=null MEDVAULT_RSS=null
+    ORTHANC_BYTES=null ORTHANC_RSS=null MEDVAULT_BYTES=null MEDVAULT_RSS=null TLS_BYTES=null TLS_RSS=null
     if [[ -n "$ORTHANC_PID" ]]; then
         ORTHANC_BYTES=$(du -sb "$ORTHANC_DIR/db" | cut -f1); ORTHANC_RSS=$(peak_rss_kb "$ORTHANC_PID")
+    fi
+    if [[ -n "$ORTHANC_TLS_PID" ]]; then
+        TLS_BYTES=$(du -sb "$ORTHANC_TLS_DIR/db" | cut -f1); TLS_RSS=$(peak_rss_kb "$ORTHANC_TLS_PID")
     fi
     if [[ -n "$MEDVAULT_PID" ]]; then
         MEDVAULT_BYTES=$(du -sb "$MV_HOME" | cut -f1); MEDVAULT_RSS=$(peak_rss_kb "$MEDVAULT_PID")
     fi
-    "$PY" - "$OUT_JSON" "$ORTHANC_BYTES" "$ORTHANC_RSS" "$MEDVAULT_BYTES" "$MEDVAULT_RSS" "${ORTHANC_NAME:-orthanc}" <<'PY'
+    "$PY" - "$OUT_JSON" "$ORTHANC_BYTES" "$ORTHANC_RSS" "$MEDVAULT_BYTES" "$MEDVAULT_RSS" "${ORTHANC_NAME:-orthanc}" \
+        "$TLS_BYTES" "$TLS_RSS" <<'PY'
 import json, sys
-path, ob, orss, mb, mrss, oname = sys.argv[1:]
+path, ob, orss, mb, mrss, oname, tb, trss = sys.argv[1:]
 num = lambda v: None if v in ("null", "") else int(v)
 report = json.load(open(path))
 servers = {}
@@ -186,6 +278,10 @@ if oname in report["targets"]:
     servers[oname] = {"store_bytes": num(ob), "peak_rss_kb": num(orss),
                       "transport": "HTTP (no TLS)",
                       "at_rest": "plain files, StorageCompression false"}
+if "orthanc-tls" in report["targets"]:
+    servers["orthanc-tls"] = {"store_bytes": num(tb), "peak_rss_kb": num(trss),
+                              "transport": "HTTPS: nginx terminating TLS, plain HTTP to Orthanc on loopback",
+                              "at_rest": "plain files, StorageCompression false"}
 if "medvault" in report["targets"]:
     servers["medvault"] = {"store_bytes": num(mb), "peak_rss_kb": num(mrss),
                            "transport": "HTTPS (private CA)", "at_rest": "encrypted"}

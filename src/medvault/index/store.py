@@ -463,12 +463,6 @@ class Index:
         seen_visible: dict[int, bool] = {}
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=_SCAN_BATCH).execute(query):
-                if visible is not None:
-                    allowed = seen_visible.get(row.study_id)
-                    if allowed is None:
-                        allowed = seen_visible[row.study_id] = visible(row.study_id)
-                    if not allowed:
-                        continue
                 attrs = study_cache.get(row.study_id)
                 if attrs is None:
                     attrs = self._open(row.doc, "study/" + row.study_uid)
@@ -487,6 +481,14 @@ class Index:
                     attrs.update(self._open(row.instance_doc, "instance/" + row.sop_uid))
                 if not all(c.matches(attrs.get(c.tag)) for c in python_checks):
                     continue
+                # Only matches are put to the policy (one decision per study the query would
+                # return, not per candidate examined); still before paging, so counts hide nothing.
+                if visible is not None:
+                    allowed = seen_visible.get(row.study_id)
+                    if allowed is None:
+                        allowed = seen_visible[row.study_id] = visible(row.study_id)
+                    if not allowed:
+                        continue
                 if skipped < offset:
                     skipped += 1
                     continue

@@ -208,3 +208,24 @@ def test_search_matches_on_encrypted_fields(archive: Archive, ct_files: list[byt
     assert len(archive.search("study", [parse_criterion("00100010", "PN", "D?E*")])) == 1
     assert len(archive.search("series", [parse_criterion("00100020", "LO", "P-1")])) == 2
     assert len(archive.search("instance", [], limit=4, offset=1)) == 4
+
+
+def test_visibility_is_asked_only_for_matches_and_before_paging(archive: Archive, tmp_path: Path) -> None:
+    """The policy is asked once per study the query would return (each answer is a ledgered
+    decision), never for candidates that do not match; hidden studies do not count for offset."""
+    for n, name in enumerate(["DOE^JANE", "DOE^JOHN", "ROE^RICHARD"]):
+        paths = generate_study(tmp_path / name, seed=n, series=1, instances=2, rows=8, cols=8,
+                               patient_name=name, patient_id=f"P-{n}")  # fmt: skip
+        archive.store_batch([p.read_bytes() for p in paths])
+    ids = {hit.attributes["00100020"]["Value"][0]: hit.study_id for hit in archive.search("study", [])}
+    asked: list[int] = []
+
+    def visible(study_id: int) -> bool:
+        asked.append(study_id)
+        return study_id != ids["P-0"]
+
+    doe = [parse_criterion("00100010", "PN", "DOE*")]
+    hits = archive.search("instance", doe, visible=visible)
+    assert sorted(asked) == sorted([ids["P-0"], ids["P-1"]])  # ROE never put to the policy
+    assert {h.study_id for h in hits} == {ids["P-1"]} and len(hits) == 2
+    assert len(archive.search("instance", doe, visible=visible, offset=1)) == 1
