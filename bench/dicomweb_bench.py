@@ -32,6 +32,7 @@ import email.message
 import json
 import os
 import platform
+import resource
 import secrets
 import ssl
 import statistics
@@ -411,9 +412,9 @@ def phase_stow(target: Target, data: DataSet, batch: int, concurrency: int) -> d
         sent = sum(map(len, payloads))
         return {"ms": ms, "ok": ok, "failed": failed, "status": status, "bytes": sent * ok // len(items)}
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), client_cpu()
     res = run_pool(batches, send, concurrency, f"[{target.name}] STOW", len)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, client_cpu() - cpu0
     ok = sum(r["ok"] for r in res)
     sent = sum(r.get("bytes", 0) for r in res)  # bytes of the instances the server accepted
     statuses = Counter(str(r["status"]) for r in res)
@@ -429,8 +430,16 @@ def phase_stow(target: Target, data: DataSet, batch: int, concurrency: int) -> d
         "bytes_stored": sent,
         "instances_per_s": round(ok / elapsed, 2),
         "mb_per_s": round(sent / MB / elapsed, 2),
+        "client_cpu_s_per_gb": round(cpu / (sent / 1e9), 2) if sent else None,
         "request_latency": latency_summary([r["ms"] for r in res]),
     }
+
+
+def client_cpu() -> float:
+    """CPU seconds this client process has used (all threads): what the client itself costs,
+    which on a shared machine is taken from the server under test (TLS costs the client too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def query_string(params: dict[str, str]) -> str:
@@ -593,9 +602,9 @@ def phase_wado(
             "bad_parts": bad,
         }
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), client_cpu()
     res = run_pool(studies, fetch, concurrency, f"[{target.name}] WADO studies", lambda s: s.instances)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, client_cpu() - cpu0
     received = sum(r["bytes"] for r in res)
     parts = sum(r["parts"] for r in res)
     retrieve = {
@@ -610,6 +619,7 @@ def phase_wado(
         "bytes_received": received,
         "mb_per_s": round(received / MB / elapsed, 2),
         "instances_per_s": round(parts / elapsed, 2),
+        "client_cpu_s_per_gb": round(cpu / (received / 1e9), 2) if received else None,
         "request_latency": latency_summary([r["ms"] for r in res]),
     }
     err.print(
@@ -664,6 +674,7 @@ def metrics(results: dict[str, dict[str, Any]]) -> list[Metric]:
         Metric("stow", "seconds", ("stow", "seconds"), "lower"),
         Metric("stow", "request p50 ms", ("stow", "request_latency", "p50_ms"), "lower"),
         Metric("stow", "request p95 ms", ("stow", "request_latency", "p95_ms"), "lower"),
+        Metric("stow", "client CPU s/GB", ("stow", "client_cpu_s_per_gb"), ""),
         Metric("stow", "stored", ("stow", "stored"), ""),
         Metric("stow", "failed", ("stow", "failed"), ""),
     ]
@@ -677,6 +688,7 @@ def metrics(results: dict[str, dict[str, Any]]) -> list[Metric]:
         Metric(
             "wado", "study request p50 ms", ("wado", "retrieve_study", "request_latency", "p50_ms"), "lower"
         ),
+        Metric("wado", "client CPU s/GB", ("wado", "retrieve_study", "client_cpu_s_per_gb"), ""),
         Metric("wado", "parts received", ("wado", "retrieve_study", "parts"), ""),
         Metric("wado", "studies wrong", ("wado", "retrieve_study", "studies_wrong"), ""),
     ]

@@ -34,6 +34,11 @@ StoreStatus = Literal["stored", "already_present", "failed"]
 DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
 
 
+# Objects encrypted and written (and fsynced) at once per process: the fsyncs wait on the disk,
+# not the CPU, and concurrent ones share journal commits (STOW median 393 -> 481 inst/s with 8
+# instead of 2 on the 2-core bench machine).
+_WRITERS = 8
+
 @dataclass(frozen=True)
 class StoreOutcome:
     """What happened to one submitted instance; ``error`` is set when ``status == "failed"``."""
@@ -103,7 +108,7 @@ class Archive:
         self._rotation_lock = threading.Lock()
         self._refresh_keys = refresh_keys
         self.audit = audit
-        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="medvault-writer")
+        self._writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="medvault-writer")
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
