@@ -39,6 +39,7 @@ DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
 # instead of 2 on the 2-core bench machine).
 _WRITERS = 8
 
+
 @dataclass(frozen=True)
 class StoreOutcome:
     """What happened to one submitted instance; ``error`` is set when ``status == "failed"``."""
