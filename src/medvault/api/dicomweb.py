@@ -91,12 +91,14 @@ async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    body = bytearray()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise TooLarge(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
+    return b"".join(chunks)  # one allocation and one copy (a growing bytearray copies repeatedly)
 
 
 def _ref_item(o: StoreOutcome) -> Json:
