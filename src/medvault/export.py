@@ -439,7 +439,10 @@ def _process(
         stored = archive.read(record)
     except MedvaultError as exc:
         return None, InstanceOutcome(record.sop_uid, "failed", reason=exc.message[:300]), None
-    fast = engine.deidentify_bytes(stored)  # the common case, without pydicom
+    try:
+        fast = engine.deidentify_bytes(stored)  # the common case, without pydicom
+    except Exception:  # the pydicom path below decides and reports: one instance never stops an export
+        fast = None
     if fast is not None:
         output = Output(
             fast.study_instance_uid or "unknown", fast.series_instance_uid, fast.sop_instance_uid, fast.data

@@ -9,6 +9,7 @@ declined cases, and the batch with and without the fast path.
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import pydicom.data
@@ -175,6 +176,14 @@ def _declined_inputs() -> dict[str, bytes]:
     }
 
 
+def test_file_ending_inside_its_file_meta_is_declined() -> None:
+    syntax = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", 20) + b"1.2.840.10008.1.2.1\0"
+    cut_header = struct.pack("<HH2sH", 0x0002, 0x0001, b"OB", 0)  # a long-VR header without its length
+    meta = syntax + cut_header
+    data = b"\0" * 128 + b"DICM" + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(meta)) + meta
+    assert Deidentifier(config=DeidConfig(), project_key=KEY).deidentify_bytes(data) is None
+
+
 @pytest.mark.parametrize("case", sorted(_declined_inputs()))
 def test_declined_inputs(case: str) -> None:
     data = _declined_inputs()[case]
@@ -264,3 +273,30 @@ def test_random_data_sets_agree(body: Dataset, config: str, charset: str) -> Non
     for elem in body:
         ds[elem.tag] = elem
     assert assert_paths_agree(ds, CONFIGS[config])
+
+
+# --- damaged input: the fast path declines, it never raises ---------------------------------
+_SAMPLE = None
+
+
+def _sample_file() -> bytes:
+    global _SAMPLE
+    if _SAMPLE is None:
+        ds = make_ct(ImageComments=f"see {STUDY_UID}")
+        ds.ProcedureCodeSequence = sequence(code_item("C1", "99L", "x"))
+        _SAMPLE = _ct_bytes(ds)
+    return _SAMPLE
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_files_never_raise(data: st.DataObject) -> None:
+    original = _sample_file()
+    damaged = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(128, len(damaged) - 1))
+        damaged[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(132, len(damaged)))
+    engine = Deidentifier(config=DeidConfig(), project_key=KEY)
+    result = engine.deidentify_bytes(bytes(damaged[:cut]))
+    assert result is None or result.data.startswith(b"\0" * 128 + b"DICM")

@@ -143,7 +143,10 @@ def _process(job: tuple[Path, Path]) -> tuple[FileOutcome, ReidentificationMap |
         data = source.read_bytes()
     except OSError as exc:
         return FileOutcome(source, "failed", reason=f"unreadable: {exc.__class__.__name__}"), None
-    fast = engine.deidentify_bytes(data)  # the common case, without pydicom
+    try:
+        fast = engine.deidentify_bytes(data)  # the common case, without pydicom
+    except Exception:  # the pydicom path below decides and reports: one file never stops a run
+        fast = None
     if fast is not None:
         name = f"{fast.sop_instance_uid}.dcm"
         placed, clash = _place(fast.data, dst, name)

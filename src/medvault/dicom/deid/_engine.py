@@ -23,6 +23,7 @@ import copy
 import datetime as dt
 import functools
 import hashlib
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -624,7 +625,7 @@ class Deidentifier:
                 syntax=raw.syntax,
                 implementation=(IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME),
             )
-        except _raw.Fallback:
+        except (_raw.Fallback, struct.error):  # struct.error: a structure the reader missed; decline
             return None
         return EncodedResult(
             data=encoded,

@@ -327,6 +327,8 @@ def _meta(data: bytes, pos: int, end: int) -> RawDataset:
             raise Fallback
         start = pos + 8
         if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise Fallback
             length = _U32.unpack_from(data, pos + 8)[0]
             start = pos + 12
         if length == _UNDEFINED or start + length > end:
