@@ -163,7 +163,10 @@ def _declined_inputs() -> dict[str, bytes]:
     no_preamble = io.BytesIO()
     with_meta(make_ct()).save_as(no_preamble, enforce_file_format=False)
     whole = _ct_bytes(make_ct())
+    comma = _ct_bytes(make_ct(SliceThickness="12.5")).replace(b"12.5", b"12,5")
     return {
+        "UID with whitespace": whole.replace(SOP_UID.encode(), b" " + SOP_UID.encode()[1:]),
+        "DS that is not a number": comma,
         "implicit VR": to_bytes(implicit),
         "big endian": to_bytes(big),
         "no file meta": no_preamble.getvalue(),

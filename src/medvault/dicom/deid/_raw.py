@@ -48,6 +48,8 @@ _KNOWN_VRS = frozenset(
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM"
     " UC UI UL UR US UT UV".split()
 )
+_UID_CHARS = b"0123456789.\\"  # a UI value (or several) before its trailing padding
+_NUMBER_CHARS = b"0123456789+-.eE \\"  # DS / IS values, as pydicom parses them without surprises
 _SPLIT_STRIPPED = frozenset({"AS", "CS", "DA", "DT", "TM", "DS", "IS"})
 _SINGLE_TEXT = frozenset({"ST", "LT", "UT"})
 _NUMBERS = {"US": "<H", "SS": "<h", "UL": "<I", "SL": "<i", "UV": "<Q", "SV": "<q", "FL": "<f", "FD": "<d"}
@@ -224,6 +226,10 @@ class _Reader:
             if stop > end:
                 raise Fallback  # truncated: the pydicom path reports it
             raw = data[start:stop]
+            if vr == "UI":
+                _check_uid(raw)
+            elif (vr == "DS" or vr == "IS") and raw.translate(None, _NUMBER_CHARS):
+                raise Fallback  # pydicom would re-read (and rewrite) such a number differently
             if tag == _CHARSET:
                 if not top:
                     raise Fallback  # a character set changed inside an item
@@ -274,6 +280,13 @@ class _Reader:
             if tag != _ITEM or length == _UNDEFINED or pos + 8 + length > end:
                 raise Fallback
             pos += 8 + length
+        raise Fallback
+
+
+def _check_uid(raw: bytes) -> None:
+    """Only digits and dots before the padding: pydicom's ``UID()`` strips any whitespace
+    (leading, control characters), which a byte-for-byte copy would not."""
+    if raw.rstrip(b"\0 ").translate(None, _UID_CHARS):
         raise Fallback
 
 
@@ -334,7 +347,10 @@ def _meta(data: bytes, pos: int, end: int) -> RawDataset:
         if length == _UNDEFINED or start + length > end:
             raise Fallback
         tag = group << 16 | number
-        meta.add(RawElement(tag, vr, data[start : start + length]))
+        raw = data[start : start + length]
+        if vr == "UI":
+            _check_uid(raw)
+        meta.add(RawElement(tag, vr, raw))
         pos = start + length
     return meta
 
