@@ -26,7 +26,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom._dicom_dict import DicomDictionary
 from pydicom._uid_dict import UID_dictionary
@@ -223,9 +223,19 @@ def _clip(vr: str, text: str) -> str:
     return text[:limit] if limit is not None else text
 
 
+class ElementModel(Protocol):
+    """How the engine builds output: pydicom objects (``_PydicomModel``) or the fast path's raw
+    elements (``_raw.RawModel``). The engine builds elements through nothing else."""
+
+    def new(self, tag: int, vr: str, value: Any) -> Any: ...
+    def like(self, elem: Any, value: Any) -> Any: ...  # same tag and VR, a new value
+    def copy(self, elem: Any) -> Any: ...
+    def sequence(self, tag: int, items: list[Any]) -> Any: ...
+    def dataset(self) -> Any: ...
+
+
 class _PydicomModel:
-    """Builds output elements as pydicom objects (the general path). The fast path's twin is
-    ``_raw.RawModel``; the engine only builds elements through one of these."""
+    """Builds output elements as pydicom objects (the general path)."""
 
     __slots__ = ()
 
@@ -264,7 +274,7 @@ class _Run:
         patient_id: str,
         terms: Iterable[str],
         overlay_rule: PixelMaskRule | None,
-        model: Any = _PYDICOM,
+        model: ElementModel = _PYDICOM,
     ) -> None:
         self.engine = engine
         self.model = model
@@ -635,7 +645,9 @@ class Deidentifier:
             mapping=self._mapping(run, patient_id),
         )
 
-    def _walk(self, ds: Any, model: Any, overlay_rule: PixelMaskRule | None) -> tuple[Any, _Run, str]:
+    def _walk(
+        self, ds: Any, model: ElementModel, overlay_rule: PixelMaskRule | None
+    ) -> tuple[Any, _Run, str]:
         """The element-by-element pass shared by both paths: (output data set, run, PatientID)."""
         patient_id = str(ds.get("PatientID", "") or "")
         sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -652,7 +664,7 @@ class Deidentifier:
         entry = PatientEntry(keys.pseudonym_id(patient_id), keys.pseudonym_name(patient_id), offset)
         return ReidentificationMap(uids=dict(run.reid), patients={patient_id: entry})
 
-    def _mark(self, src: Any, out: Any, codes: list[str], method: list[str], model: Any) -> None:
+    def _mark(self, src: Any, out: Any, codes: list[str], method: list[str], model: ElementModel) -> None:
         """PatientIdentityRemoved, De-identification Method (+ Code Sequence), and the
         Longitudinal Temporal Information Modified flag (PS3.3 C.7.1.1). Earlier passes'
         methods (when the input was de-identified before) are kept, then ours, without repeats.
@@ -676,7 +688,7 @@ class Deidentifier:
         out.add(model.new(TEMPORAL_MODIFIED, "CS", flag[self.config.dates]))
 
     @staticmethod
-    def _code_item(code: str, model: Any) -> Any:
+    def _code_item(code: str, model: ElementModel) -> Any:
         item = model.dataset()
         item.add(model.new(0x00080100, "SH", code))  # Code Value
         item.add(model.new(0x00080102, "SH", "DCM"))  # Coding Scheme Designator
