@@ -286,6 +286,15 @@ RAW_CHARSETS: dict[str, str] = {
     "ISO_IR 100": "latin-1",
     "ISO_IR 192": "utf-8",
 }
+
+
+def raw_charset_codec(raw: bytes) -> str | None:
+    """The codec of a (0008,0005) value as pydicom reads it, when it is one of ``RAW_CHARSETS``
+    (the fast paths decode only those); None otherwise."""
+    values = raw.decode("latin-1").rstrip(" \x00").split("\\")
+    return RAW_CHARSETS.get(values[0]) if len(values) == 1 else None
+
+
 # VRs whose text is decoded with the Specific Character Set (the others are always ISO 8859-1).
 CHARSET_VRS = frozenset({"SH", "LO", "UC", "ST", "LT", "UT", "PN"})
 _NUMBER_FORMATS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("I", 4), "SL": ("i", 4), "FL": ("f", 4),

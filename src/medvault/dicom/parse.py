@@ -55,6 +55,7 @@ from medvault.dicom.dicomjson import (
     RAW_CHARSETS,
     RAW_ENCODERS,
     dataset_to_json,
+    raw_charset_codec,
 )
 from medvault.errors import (
     InvalidInput,
@@ -882,10 +883,10 @@ _TRAILING_PADDING = 0xFFFCFFFC
 
 def _charset_codec(raw: bytes) -> str:
     """The codec of a (0008,0005) value, as pydicom's multi_string + convert_encodings see it."""
-    values = raw.decode("latin-1").rstrip(" \x00").split("\\")
-    if len(values) != 1 or values[0] not in RAW_CHARSETS:
+    codec = raw_charset_codec(raw)
+    if codec is None:
         raise _Fallback
-    return RAW_CHARSETS[values[0]]
+    return codec
 
 
 def _lut_descriptor(encoded: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from medvault.dicom.dicomjson import CHARSET_VRS, PIXEL_DATA_TAGS, RAW_CHARSETS
+from medvault.dicom.dicomjson import CHARSET_VRS, PIXEL_DATA_TAGS, raw_charset_codec
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -291,10 +291,10 @@ def _check_uid(raw: bytes) -> None:
 
 
 def _codec(raw: bytes) -> str:
-    values = raw.decode("latin-1").rstrip(" \x00").split("\\")
-    if len(values) != 1 or values[0] not in RAW_CHARSETS:
+    codec = raw_charset_codec(raw)
+    if codec is None:
         raise Fallback
-    return RAW_CHARSETS[values[0]]
+    return codec
 
 
 @dataclass(frozen=True)
