@@ -193,6 +193,35 @@ def test_a_flipped_byte_is_never_served(
         assert client.get("/healthz").status_code == 200
 
 
+def test_a_corrupt_instance_midway_through_a_study_cuts_the_response_off(
+    home: Home, tmp_path: Path, server_factory: Callable[[Home], Server]
+) -> None:
+    """The first part is read before answering (a clean 500); parts already sent cannot be taken
+    back, so a corrupt later one cuts the connection: the client sees an incomplete body, never the
+    corrupt bytes, and the log holds the error type only."""
+    files = make_phi_study(tmp_path / "in", series=1, instances=3)
+    study = f"/dicomweb/studies/{dcmread(files[0]).StudyInstanceUID}"
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    server = server_factory(home)
+    outcomes: list[str] = []
+    with server.client() as client:
+        assert _stow(client, files).status_code == 200
+        for obj in _objects(home):  # corrupt one object at a time
+            original = obj.read_bytes()
+            obj.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+            try:
+                response = client.get(study, headers=accept)
+                outcomes.append(str(response.status_code))
+            except httpx.RemoteProtocolError:
+                outcomes.append("cut")
+            obj.write_bytes(original)
+        assert client.get(study, headers=accept).status_code == 200
+    assert sorted(outcomes) == ["500", "cut", "cut"]
+    log = (home.root / "logs" / "access.log").read_text()
+    # Starlette reports a handled error after the response started as a RuntimeError
+    assert log.count("medvault.errors unhandled") == 2 and "Traceback" not in log
+
+
 def test_delete_crypto_shreds_even_an_earlier_copy(
     home: Home, tmp_path: Path, server_factory: Callable[[Home], Server]
 ) -> None:

@@ -83,7 +83,9 @@ class HeadersAndAccessLog:
         except Exception as exc:
             error_log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
             if status:
-                raise  # the response already started: the server closes the connection
+                # The response already started (a stream failed midway): return without completing
+                # it, so the server closes the connection; re-raising would have it log the traceback.
+                return
             await JSONResponse({"error": "internal error"}, status_code=500)(
                 scope, receive, send_with_headers
             )
