@@ -419,6 +419,16 @@ def _require_deidentified(ds: Dataset) -> None:
         raise IntegrityError("an output did not go through the de-identification engine; export stopped")
 
 
+# PatientIdentityRemoved = YES as the fast path writes it (explicit VR little endian)
+_IDENTITY_REMOVED_YES = b"\x12\x00\x62\x00CS\x04\x00YES "
+
+
+def _require_deidentified_bytes(data: bytes) -> None:
+    """The same obligation for the fast path's encoded output (no parse on the hot path)."""
+    if _IDENTITY_REMOVED_YES not in data:
+        raise IntegrityError("an output did not go through the de-identification engine; export stopped")
+
+
 def _read_dataset(data: bytes) -> Dataset:
     try:
         return dcmread(io.BytesIO(data))  # stored instances were parsed strictly at ingest
@@ -444,6 +454,7 @@ def _process(
     except Exception:  # the pydicom path below decides and reports: one instance never stops an export
         fast = None
     if fast is not None:
+        _require_deidentified_bytes(fast.data)
         output = Output(
             fast.study_instance_uid or "unknown", fast.series_instance_uid, fast.sop_instance_uid, fast.data
         )

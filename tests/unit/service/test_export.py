@@ -7,6 +7,7 @@ overwriting, and the size bound.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +248,20 @@ def test_bad_requests_are_refused_before_any_work(opened: OpenHome, tmp_path: Pa
         export_studies(opened, query_params=[], project="p", to_dir=tmp_path / "x", max_bytes=1000)
     assert not (tmp_path / "x").exists()
     assert events(opened, EventKind.EXPORT) == []
+
+
+def test_fast_path_outputs_are_held_to_the_marker_obligation(tmp_path: Path) -> None:
+    """What the fast path writes carries PatientIdentityRemoved = YES in the form the export's
+    byte check looks for; bytes without it stop the export (a bug, never a data problem)."""
+    from medvault.dicom.deid import DeidConfig, Deidentifier
+    from medvault.errors import IntegrityError
+    from medvault.export import _require_deidentified_bytes
+
+    (path,) = generate_study(tmp_path / "s", seed=2, series=1, instances=1, rows=8, cols=8,
+                             patient_name="MARK^ER", patient_id="M-1")  # fmt: skip
+    fast = Deidentifier(config=DeidConfig(), project_key=b"k" * 32).deidentify_bytes(path.read_bytes())
+    assert fast is not None
+    _require_deidentified_bytes(fast.data)
+    assert dcmread(io.BytesIO(fast.data)).PatientIdentityRemoved == "YES"
+    with pytest.raises(IntegrityError):
+        _require_deidentified_bytes(path.read_bytes())
