@@ -1,7 +1,9 @@
 """Objects in a local folder, fanned out by key prefix, written atomically (temp file + rename).
 
 Temp files live inside the objects folder and only ever hold ciphertext, so an interrupted write
-leaves no plaintext anywhere; leftover ``.tmp-*`` files are swept at start.
+leaves no plaintext anywhere. Leftover ``.tmp-*`` files are swept when a store is opened, but only
+once they are an hour old: several processes open the same folder (each server worker, the DIMSE
+listener, ``medvault import``), and a younger temp file may be another process's write in flight.
 
 Durability: ``put`` fsyncs the object's data (on the archive's writer threads, overlapped with
 parsing) before the rename; ``sync`` then fsyncs the directories whose entries the renames created,
@@ -14,11 +16,15 @@ import os
 import re
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from medvault.errors import NotFound, StorageError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
+
+# No write of one object stays unfinished this long; a temp file older than this is a crash's leftover.
+STALE_TEMP_SECONDS = 3600
 
 
 class FilesystemBlobStore:
@@ -28,8 +34,16 @@ class FilesystemBlobStore:
         self._pending: set[Path] = set()
         self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for leftover in root.glob("*/.tmp-*"):
-            leftover.unlink(missing_ok=True)
+        self._sweep_leftovers()
+
+    def _sweep_leftovers(self) -> None:
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for leftover in self.root.glob("*/.tmp-*"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except FileNotFoundError:  # finished (renamed) or swept by another process meanwhile
+                pass
 
     def _path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
