@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -191,9 +192,15 @@ def serve(
     host = host or opened.settings.server.host
     port = port or opened.settings.server.port
     count = workers or opened.settings.server.workers or default_workers()
-    _announce(opened, host, port, count)
     opened.close()
-    serve_forever(home, passphrase, host=host, port=port, workers=count)
+    serve_forever(
+        home,
+        passphrase,
+        host=host,
+        port=port,
+        workers=count,
+        on_listening=lambda: _announce(opened, host, port, count),
+    )
 
 
 # -- import ----------------------------------------------------------------------------------------
@@ -270,7 +277,7 @@ def import_command(
     table.add_row("refused", str(len(summary.refused)))
     out.print(table)
     for path, reason in summary.refused:
-        out.print(f"  refused {path}: {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  refused {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if summary.refused:
         raise typer.Exit(2)
 
@@ -766,7 +773,11 @@ def deid(
     out.print(table)
     for o in summary.outcomes:
         if o.status not in ("written", "duplicate"):
-            out.print(f"  {o.status} {o.source}: {o.reason or ''}", highlight=False, soft_wrap=True)
+            out.print(
+                f"  {o.status} {escape(str(o.source))}: {escape(o.reason or '')}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if summary.count("failed"):
         raise typer.Exit(2)
 
@@ -832,7 +843,9 @@ def export_command(
     for study in summary.studies:
         for o in study.outcomes:
             if o.reason:
-                out.print(f"  {o.status} {o.sop_uid}: {o.reason}", highlight=False, soft_wrap=True)
+                out.print(
+                    f"  {o.status} {o.sop_uid}: {escape(str(o.reason))}", highlight=False, soft_wrap=True
+                )
     if summary.count("failed"):
         raise typer.Exit(2)
 
@@ -1077,8 +1090,15 @@ def quickstart(
     if serve_after:
         from medvault.api.server import serve as serve_forever
 
-        _announce(opened, "127.0.0.1", port, default_workers())
-        serve_forever(home, passphrase, host="127.0.0.1", port=port, workers=default_workers())
+        count = default_workers()
+        serve_forever(
+            home,
+            passphrase,
+            host="127.0.0.1",
+            port=port,
+            workers=count,
+            on_listening=lambda: _announce(opened, "127.0.0.1", port, count),
+        )
 
 
 @app.command()
@@ -1091,7 +1111,7 @@ def main() -> None:
     try:
         app()
     except MedvaultError as exc:
-        err.print(f"[bold red]error[/]: {exc.diagnostics()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error[/]: {escape(exc.diagnostics())}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

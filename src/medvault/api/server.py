@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ import uvicorn
 from medvault.api.app import create_app
 from medvault.config import load_settings
 from medvault.crypto.keyring import KeyringFile
+from medvault.errors import ConfigError, MedvaultError
 from medvault.home import KEYRING_FILE, OpenHome, open_home
 
 if TYPE_CHECKING:
@@ -86,16 +88,49 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
     )
 
 
-def _listen(host: str, port: int) -> socket.socket:
+# A worker that exits sooner than this after its start is failing to start, not crashing at random.
+_QUICK_DEATH_SECONDS = 5
+
+
+def _describe(exc: BaseException) -> str:
+    """What stopped a worker, for the log: the type always, the text only where it cannot hold PHI
+    (medvault's own errors never do; OS errors name files and ports, never patients)."""
+    if isinstance(exc, MedvaultError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+def _bound_socket(host: str, port: int, what: str, setting: str) -> socket.socket:
+    """A TCP socket bound to host:port with SO_REUSEADDR, or a ``ConfigError`` saying what to do."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on such sockets, and without it
     # every small response waits ~40 ms for the client's delayed ACK (Nagle).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror}",
+            hint=f"Another process may be using the port: stop it, or choose another with {setting}.",
+        ) from None
+    return sock
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = _bound_socket(host, port, "HTTPS", "--port or [server] port")
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _check_dimse_port(opened: OpenHome) -> None:
+    """Fail at start, with a reason, when the DIMSE port is taken: the listener binds it in its own
+    process, which would otherwise die and be restarted over and over."""
+    config = opened.settings.dimse
+    if config.enabled and config.port:
+        _bound_socket(config.host, config.port, "DIMSE", "[dimse] port in medvault.toml").close()
 
 
 def _checkpointer(opened: OpenHome) -> threading.Event:
@@ -205,18 +240,30 @@ def _ledger_configuration(opened: OpenHome) -> None:
     )
 
 
-def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) -> None:
-    """Serve until SIGINT/SIGTERM. Checks the passphrase and TLS material before listening."""
+def serve(
+    root: Path,
+    passphrase: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. Checks the passphrase, TLS material and ports before serving;
+    ``on_listening`` runs once they are bound (to tell the user where to connect)."""
     settings = load_settings(root)
     KeyringFile.open(root / KEYRING_FILE, passphrase)  # a wrong passphrase fails here, clearly
     probe = open_home(root, passphrase)
     try:
         if not settings.server.plain_http:
             probe.ssl_context()  # unreadable certificate or key: fail before forking
+        _check_dimse_port(probe)
+        sock = _listen(host, port)
         _ledger_configuration(probe)
     finally:
         probe.close()
-    sock = _listen(host, port)
+    if on_listening is not None:
+        on_listening()
     setup_logging(root)
     if workers <= 1:
         opened = open_home(root, passphrase)
@@ -231,6 +278,7 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
             opened.close()
         return
     children: dict[int, tuple[float, str]] = {}
+    quick_deaths: dict[str, int] = {}
     stopping = False
 
     def spawn(role: str = "http") -> None:
@@ -245,20 +293,24 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
                     _dimse_worker(root, passphrase)
                 else:
                     _worker(root, passphrase, sock)
-            except BaseException:  # the child must never return into the parent's code
+            except BaseException as exc:  # the child must never return into the parent's code
                 code = 1
+                log.error("%s worker %d stopped: %s", role, os.getpid(), _describe(exc))
             finally:
                 os._exit(code)
         children[pid] = (time.monotonic(), role)
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_children() -> None:
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_children()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -278,9 +330,18 @@ def serve(root: Path, passphrase: str, *, host: str, port: int, workers: int) ->
         if entry is None or stopping:
             continue
         started, role = entry
-        log.error("%s worker %d exited (status %d); starting another", role, pid, status)
-        if time.monotonic() - started < 5:
-            time.sleep(1)  # a worker that dies at once must not spin
+        # A worker that dies at once waits longer each time (1, 2, 4 ... 60 s) instead of spinning.
+        quick = time.monotonic() - started < _QUICK_DEATH_SECONDS
+        quick_deaths[role] = quick_deaths.get(role, 0) + 1 if quick else 0
+        delay = min(2 ** (quick_deaths[role] - 1), 60) if quick else 0
+        log.error("%s worker %d exited (status %d); starting another in %d s", role, pid, status, delay)
+        deadline = time.monotonic() + delay
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopping:
+            continue
         spawn(role)
+        if stopping:  # SIGTERM arrived while forking: the new worker may have missed it
+            stop_children()
     sock.close()
     sys.stdout.flush()
