@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from medvault.audit import SYSTEM, LedgerAudit
-from medvault.crypto.envelope import decrypt_object, decrypt_range, encrypt_object
+from medvault.crypto.envelope import decrypt_object_into, decrypt_range, encrypt_object
 from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
 from medvault.dicom.matching import Criterion
@@ -358,14 +358,27 @@ class Archive:
 
     def read(self, record: InstanceRecord) -> bytes:
         """The original bytes of an instance, verified; ``IntegrityError`` if anything is off."""
+        out = bytearray(record.size)
+        self.read_into(record, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, record: InstanceRecord, out: memoryview) -> None:
+        """Decrypt and verify an instance into ``out`` (exactly ``record.size`` bytes long), so that
+        a response can be assembled without copying each instance again. On ``IntegrityError``
+        ``out`` holds bytes that must not be served."""
         ciphertext = self.blobs.get(record.blob_key)
-        plaintext = decrypt_object(ciphertext, self._data_key(record), object_id=record.blob_key.encode())
-        if len(plaintext) != record.size or hashlib.sha256(plaintext).digest() != record.sha256:
+        try:
+            decrypt_object_into(
+                ciphertext, self._data_key(record), object_id=record.blob_key.encode(), out=out
+            )
+            intact = hashlib.sha256(out).digest() == record.sha256
+        except IntegrityError:
+            intact = False
+        if not intact:
             raise IntegrityError(
                 f"instance {record.sop_uid} failed its integrity check and is not served",
                 hint="The stored object no longer matches what was ingested; restore it from backup.",
             )
-        return plaintext
 
     def read_frames(self, record: InstanceRecord, numbers: Sequence[int]) -> list[bytes]:
         """Frames as stored (1-based numbers), decrypting only the segments that hold them."""

@@ -290,12 +290,25 @@ def _retrieve(
         size = sum(len(head) + record.size + 2 for head, record in zip(heads, records, strict=True))
         headers["Content-Length"] = str(size + len(closing))
 
-    def read_batch(batch: Sequence[tuple[bytes, InstanceRecord]]) -> bytes:
-        return b"".join(
-            head + _serve_bytes(archive, record, choice.transfer_syntax) + b"\r\n" for head, record in batch
-        )
+    def read_batch(batch: Sequence[tuple[bytes, InstanceRecord]]) -> bytes | memoryview:
+        if "Content-Length" not in headers:  # transcoding: sizes are known only once done
+            return b"".join(
+                head + _serve_bytes(archive, record, choice.transfer_syntax) + b"\r\n"
+                for head, record in batch
+            )
+        # as stored: each instance is decrypted straight into its place in the batch buffer
+        buffer = memoryview(bytearray(sum(len(head) + record.size + 2 for head, record in batch)))
+        pos = 0
+        for head, record in batch:
+            buffer[pos : pos + len(head)] = head
+            pos += len(head)
+            archive.read_into(record, buffer[pos : pos + record.size])
+            pos += record.size
+            buffer[pos : pos + 2] = b"\r\n"
+            pos += 2
+        return buffer
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes | memoryview]:
         yield heads[0] + first + b"\r\n"
         pending = list(zip(heads[1:], records[1:], strict=True))
         while pending:  # a few MB per trip to a worker thread: reading, decrypting, verifying

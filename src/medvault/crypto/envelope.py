@@ -207,6 +207,27 @@ def encrypt_object(
 
 def decrypt_object(blob: bytes, data_key: bytes, *, object_id: bytes) -> bytes:
     """Verify and decrypt a whole envelope. Any failure raises :class:`IntegrityError`."""
+    out = bytearray(plaintext_length(blob))
+    decrypt_object_into(blob, data_key, object_id=object_id, out=memoryview(out))
+    return bytes(out)
+
+
+def plaintext_length(blob: bytes) -> int:
+    """The plaintext length a blob's header claims, once it agrees with the blob's own length (so
+    a damaged header cannot ask for a huge buffer); authenticated only once a segment verifies."""
+    try:
+        hdr = parse_header(blob)
+    except IntegrityError:
+        raise IntegrityError(_FAILED) from None
+    if len(blob) != hdr.blob_length:  # truncated or extended
+        raise IntegrityError(_FAILED)
+    return hdr.plaintext_length
+
+
+def decrypt_object_into(blob: bytes, data_key: bytes, *, object_id: bytes, out: memoryview) -> None:
+    """Verify and decrypt a whole envelope straight into ``out`` (no intermediate copies), which
+    must be exactly as long as the plaintext. Any failure raises :class:`IntegrityError`; ``out``
+    then holds unverified bytes that the caller must discard."""
     aead = _aead(data_key)
     try:
         hdr = parse_header(blob)
@@ -214,19 +235,21 @@ def decrypt_object(blob: bytes, data_key: bytes, *, object_id: bytes) -> bytes:
         raise IntegrityError(_FAILED) from None
     if len(blob) != hdr.blob_length:  # truncated or extended
         raise IntegrityError(_FAILED)
+    if len(out) != hdr.plaintext_length:
+        raise IntegrityError(_FAILED, hint="the object's length differs from the one recorded")
     aad = bytes(blob[:HEADER_SIZE]) + bytes(object_id)
     view = memoryview(blob)
-    step = hdr.segment_size + TAG_SIZE
+    seg = hdr.segment_size
+    step = seg + TAG_SIZE
     count = hdr.segment_count
-    parts: list[bytes] = []
     try:
         for i in range(count):
             start = HEADER_SIZE + i * step
             segment = view[start : start + step]
-            parts.append(aead.decrypt(_nonce(hdr.nonce_prefix, i, i == count - 1), segment, aad))
+            target = out[i * seg : i * seg + len(segment) - TAG_SIZE]
+            aead.decrypt_into(_nonce(hdr.nonce_prefix, i, i == count - 1), segment, aad, target)
     except InvalidTag:
         raise IntegrityError(_FAILED) from None
-    return b"".join(parts)
 
 
 def decrypt_range(

@@ -17,6 +17,7 @@ from medvault.crypto.envelope import (
     EnvelopeHeader,
     ciphertext_length,
     decrypt_object,
+    decrypt_object_into,
     decrypt_range,
     encrypt_object,
     parse_header,
@@ -318,3 +319,22 @@ def test_half_a_mebibyte_is_fast() -> None:
         assert decrypt_object(blob, KEY, object_id=OID) == data
         best = min(best, time.perf_counter() - t0)
     assert best < 0.05, f"encrypt+decrypt of 512 KiB took {best * 1000:.1f} ms"
+
+
+@given(size=st.integers(0, 5 * SEG + 3))
+def test_decrypting_into_a_buffer_gives_the_same_bytes(size: int) -> None:
+    data = payload(size)
+    blob = encrypt_object(data, KEY, object_id=OID, segment_size=SEG)
+    out = bytearray(size)
+    decrypt_object_into(blob, KEY, object_id=OID, out=memoryview(out))
+    assert out == data
+    for wrong in (size + 1, max(size - 1, 0) if size else 1):
+        with pytest.raises(IntegrityError):
+            decrypt_object_into(blob, KEY, object_id=OID, out=memoryview(bytearray(wrong)))
+
+
+def test_a_header_claiming_a_huge_length_allocates_nothing() -> None:
+    blob = bytearray(encrypt_object(payload(100), KEY, object_id=OID, segment_size=SEG))
+    struct.pack_into(">Q", blob, 10, 2**62)  # the plaintext length field
+    with pytest.raises(IntegrityError):
+        decrypt_object(bytes(blob), KEY, object_id=OID)

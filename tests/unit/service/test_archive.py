@@ -155,6 +155,24 @@ def test_sha256_recorded_at_ingest_is_checked_on_read(
         archive.read(record)
 
 
+def test_read_into_decrypts_in_place_and_refuses_damage(
+    archive: Archive, blobs: MemoryBlobStore, ct_files: list[bytes]
+) -> None:
+    """What WADO uses to assemble a response without copies: the same checks as ``read``."""
+    outcome = archive.store(ct_files[0])
+    (record,) = archive.instances(outcome.study_uid or "", outcome.series_uid, outcome.sop_instance_uid)
+    buffer = bytearray(record.size + 4)
+    archive.read_into(record, memoryview(buffer)[2 : 2 + record.size])
+    assert bytes(buffer[2:-2]) == ct_files[0] and buffer[:2] == buffer[-2:] == b"\0\0"
+    with pytest.raises(IntegrityError, match="integrity check"):  # a buffer of the wrong size
+        archive.read_into(record, memoryview(bytearray(record.size - 1)))
+    damaged = bytearray(blobs.get(record.blob_key))
+    damaged[len(damaged) // 2] ^= 0x40
+    blobs.put(record.blob_key, bytes(damaged))
+    with pytest.raises(IntegrityError, match="integrity check"):
+        archive.read_into(record, memoryview(bytearray(record.size)))
+
+
 def test_frames_are_read_without_the_rest(archive: Archive) -> None:
     data = read("SC_rgb_rle_2frame.dcm")
     outcome = archive.store(data)
