@@ -24,7 +24,7 @@ from medvault.dicom.dicomjson import level_attributes
 from medvault.dicom.matching import Criterion
 from medvault.dicom.parse import ParsedInstance, parse_instance
 from medvault.errors import Conflict, IntegrityError, MedvaultError, NotFound, StudyMismatch, TooLarge
-from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance
+from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance, StudyFacts
 from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.storage.base import BlobStore
 
@@ -442,8 +442,22 @@ class Archive:
         """Record which studies a query or retrieval disclosed to whom (group-committed)."""
         if self.audit is None or not study_ids:
             return
+        self.audit_disclosure(
+            kind, actor, list(self.index.study_facts(study_ids=study_ids).values()), **details
+        )
+
+    def audit_disclosure(
+        self,
+        kind: Literal["query", "retrieve"],
+        actor: Actor,
+        facts: Sequence[StudyFacts],
+        **details: str | int,
+    ) -> None:
+        """``audit_read`` for studies whose facts the caller already has (from the access decision)."""
+        if self.audit is None:
+            return
         now = datetime.now(UTC)
-        for fact in self.index.study_facts(study_ids=study_ids).values():
+        for fact in facts:
             self.audit.emit(
                 AuditEvent(
                     kind=EventKind.QUERY if kind == "query" else EventKind.RETRIEVE,

@@ -40,16 +40,18 @@ class Guard:
 
     def study(
         self, principal: Principal | None, action: Action, study_uid: str, *, client: str | None = None
-    ) -> Decision:
-        """May this subject do ``action`` on this study? ``NotFound`` if absent or out of scope."""
+    ) -> StudyFacts:
+        """May this subject do ``action`` on this study? ``NotFound`` if absent or out of scope.
+        Returns the study's facts, so that the caller can record the disclosure without asking again."""
         facts = self.index.study_facts(study_uid=study_uid)
         if not facts:
             raise NotFound(MISSING_STUDY)
         (fact,) = facts.values()
-        return enforce(
+        enforce(
             self.pdp.decide(principal, action, resource_of(fact), self._context(client)),
             missing=MISSING_STUDY,
         )
+        return fact
 
     def visible(
         self, principal: Principal | None, action: Action, *, client: str | None = None

@@ -69,13 +69,11 @@ def allow_study(request: Request, who: Principal, action: Action, study: str) ->
     """The per-study decision; out of scope answers exactly like a missing study (404). A permitted
     read is recorded in the ledger as a disclosure of that study to this subject."""
     guard: Guard = request.app.state.guard
-    guard.study(who, action, study, client=client_address(request))
+    client = client_address(request)
+    facts = guard.study(who, action, study, client=client)
     if action is Action.STUDY_READ:
         archive: Archive = request.app.state.archive
-        facts = archive.index.study_facts(study_uid=study)
-        archive.audit_read(
-            "retrieve", actor_of(who, client_address(request)), list(facts), route=request.url.path[:300]
-        )
+        archive.audit_disclosure("retrieve", actor_of(who, client), [facts], route=request.url.path[:300])
 
 
 def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
