@@ -29,6 +29,9 @@
 #                               apt-get install nginx-light) on ORTHANC_TLS_PORT=19045 (upstream 19046/19047)
 #   OUT_JSON=bench/results/side_by_side.json
 #   ORTHANC_PORT=19042 ORTHANC_DICOM_PORT=19043 MEDVAULT_PORT=19044
+#   MEDVAULT_HTTP=1             also run a second medvault over plain HTTP ("medvault-http", the documented
+#                               mode behind a TLS-terminating proxy; its own home, no DIMSE) on
+#                               MEDVAULT_HTTP_PORT=19048: medvault's engine against Orthanc's without TLS
 #   KEEP=1                      keep the servers' temp dirs (logs, stores) after the run
 set -euo pipefail
 
@@ -43,6 +46,8 @@ OUT_JSON=${OUT_JSON:-bench/results/side_by_side.json}
 ORTHANC_PORT=${ORTHANC_PORT:-19042}
 ORTHANC_DICOM_PORT=${ORTHANC_DICOM_PORT:-19043}
 MEDVAULT_PORT=${MEDVAULT_PORT:-19044}
+MEDVAULT_HTTP=${MEDVAULT_HTTP:-0}
+MEDVAULT_HTTP_PORT=${MEDVAULT_HTTP_PORT:-19048}
 ORTHANC_BIN=${ORTHANC_BIN:-$(command -v Orthanc || echo /usr/sbin/Orthanc)}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 ORTHANC_TLS_PORT=${ORTHANC_TLS_PORT:-19045}
@@ -66,6 +71,7 @@ if [[ "$ONLY" != orthanc && ! -x "$MEDVAULT_BIN" ]]; then
 fi
 
 ORTHANC_PID="" MEDVAULT_PID="" ORTHANC_DIR="" MEDVAULT_DIR="" ORTHANC_TLS_PID="" ORTHANC_TLS_DIR="" NGINX_PID=""
+MEDVAULT_HTTP_PID="" MEDVAULT_HTTP_DIR=""
 
 stop_pid() { # stop_pid PID NAME: SIGTERM, then SIGKILL after 20 s
     local pid=$1 name=$2 i
@@ -82,6 +88,7 @@ stop_pid() { # stop_pid PID NAME: SIGTERM, then SIGKILL after 20 s
 cleanup() {
     local rc=$?
     stop_pid "$MEDVAULT_PID" medvault
+    stop_pid "$MEDVAULT_HTTP_PID" "medvault (plain HTTP)"
     stop_pid "$ORTHANC_PID" Orthanc
     stop_pid "$NGINX_PID" nginx
     stop_pid "$ORTHANC_TLS_PID" "Orthanc (behind nginx)"
@@ -91,6 +98,7 @@ cleanup() {
         [[ -n "$ORTHANC_DIR" ]] && rm -rf "$ORTHANC_DIR"
         [[ -n "$ORTHANC_TLS_DIR" ]] && rm -rf "$ORTHANC_TLS_DIR"
         [[ -n "$MEDVAULT_DIR" ]] && rm -rf "$MEDVAULT_DIR"
+        [[ -n "$MEDVAULT_HTTP_DIR" ]] && rm -rf "$MEDVAULT_HTTP_DIR"
     fi
     exit $rc
 }
@@ -206,36 +214,55 @@ if [[ "$ONLY" != medvault ]]; then
 fi
 
 # ---------------------------------------------------------------- 3. medvault
-if [[ "$ONLY" != orthanc ]]; then
-    MEDVAULT_DIR=$(mktemp -d /tmp/medvault-bench-home.XXXXXX)
-    MV_HOME="$MEDVAULT_DIR/home"
-    MEDVAULT_PASSPHRASE=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-    export MEDVAULT_PASSPHRASE
-    "$MEDVAULT_BIN" init --home "$MV_HOME" >"$MEDVAULT_DIR/init.out" 2>"$MEDVAULT_DIR/init.err" || {
-        echo "medvault init failed:" >&2; cat "$MEDVAULT_DIR/init.out" "$MEDVAULT_DIR/init.err" >&2; exit 1; }
+start_medvault() { # start_medvault DIR PORT https|http: init a home in DIR, serve it; sets STARTED_PID, STARTED_KEY
+    local dir=$1 port=$2 scheme=$3 home="$1/home" i
+    "$MEDVAULT_BIN" init --home "$home" >"$dir/init.out" 2>"$dir/init.err" || {
+        echo "medvault init failed:" >&2; cat "$dir/init.out" "$dir/init.err" >&2; exit 1; }
+    if [[ "$scheme" == http ]]; then
+        # the documented mode behind a TLS-terminating proxy; no DIMSE listener (the other one has it)
+        sed -i 's/^plain_http = false/plain_http = true/' "$home/medvault.toml"
+        sed -i '/^\[dimse\]/,/^\[/ s/^enabled = true/enabled = false/' "$home/medvault.toml"
+    fi
     # The administrator sees no images; the bench stores, reads and deletes through an archivist key.
-    "$MEDVAULT_BIN" apikeys create bench --role archivist --home "$MV_HOME" >"$MEDVAULT_DIR/key.out" \
-        2>"$MEDVAULT_DIR/key.err" || { echo "medvault apikeys create failed:" >&2; cat "$MEDVAULT_DIR/key.err" >&2; exit 1; }
-    MEDVAULT_BENCH_KEY=$(awk 'NF { last = $0 } END { print last }' "$MEDVAULT_DIR/key.out" | tr -d '[:space:]')
-    export MEDVAULT_BENCH_KEY
-    [[ -n "$MEDVAULT_BENCH_KEY" ]] || { echo "medvault init printed no API key" >&2; exit 1; }
-    MV_CA="$MV_HOME/tls/ca.crt"
-    "$MEDVAULT_BIN" serve --home "$MV_HOME" --host 127.0.0.1 --port "$MEDVAULT_PORT" \
-        >"$MEDVAULT_DIR/serve.log" 2>&1 &
-    MEDVAULT_PID=$!
+    "$MEDVAULT_BIN" apikeys create bench --role archivist --home "$home" >"$dir/key.out" \
+        2>"$dir/key.err" || { echo "medvault apikeys create failed:" >&2; cat "$dir/key.err" >&2; exit 1; }
+    STARTED_KEY=$(awk 'NF { last = $0 } END { print last }' "$dir/key.out" | tr -d '[:space:]')
+    [[ -n "$STARTED_KEY" ]] || { echo "medvault init printed no API key" >&2; exit 1; }
+    "$MEDVAULT_BIN" serve --home "$home" --host 127.0.0.1 --port "$port" >"$dir/serve.log" 2>&1 &
+    STARTED_PID=$!
     for i in $(seq 600); do
-        if [[ -f "$MV_CA" ]] && curl -sf --cacert "$MV_CA" "https://127.0.0.1:$MEDVAULT_PORT/healthz" -o /dev/null; then
+        if [[ "$scheme" == http ]]; then
+            curl -sf "http://127.0.0.1:$port/healthz" -o /dev/null && break
+        elif [[ -f "$home/tls/ca.crt" ]] && curl -sf --cacert "$home/tls/ca.crt" "https://127.0.0.1:$port/healthz" -o /dev/null; then
             break
         fi
-        if ! kill -0 "$MEDVAULT_PID" 2>/dev/null; then
-            echo "medvault serve exited:" >&2; tail -40 "$MEDVAULT_DIR/serve.log" >&2; exit 1
+        if ! kill -0 "$STARTED_PID" 2>/dev/null; then
+            echo "medvault serve exited:" >&2; tail -40 "$dir/serve.log" >&2; exit 1
         fi
-        [[ $i == 600 ]] && { echo "medvault not ready after 60 s" >&2; tail -40 "$MEDVAULT_DIR/serve.log" >&2; exit 1; }
+        [[ $i == 600 ]] && { echo "medvault not ready after 60 s" >&2; tail -40 "$dir/serve.log" >&2; exit 1; }
         sleep 0.1
     done
-    echo "== medvault ready (pid $MEDVAULT_PID, home $MV_HOME)"
+    echo "== medvault ($scheme) ready (pid $STARTED_PID, home $home)"
+}
+
+if [[ "$ONLY" != orthanc ]]; then
+    MEDVAULT_PASSPHRASE=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    export MEDVAULT_PASSPHRASE
+    MEDVAULT_DIR=$(mktemp -d /tmp/medvault-bench-home.XXXXXX)
+    MV_HOME="$MEDVAULT_DIR/home"
+    start_medvault "$MEDVAULT_DIR" "$MEDVAULT_PORT" https
+    MEDVAULT_PID=$STARTED_PID
+    export MEDVAULT_BENCH_KEY=$STARTED_KEY
     TARGETS+=(--target "medvault=https://127.0.0.1:$MEDVAULT_PORT/dicomweb"
-              --auth "medvault=bearer-env:MEDVAULT_BENCH_KEY" --ca "medvault=$MV_CA")
+              --auth "medvault=bearer-env:MEDVAULT_BENCH_KEY" --ca "medvault=$MV_HOME/tls/ca.crt")
+    if [[ "$MEDVAULT_HTTP" == 1 ]]; then
+        MEDVAULT_HTTP_DIR=$(mktemp -d /tmp/medvault-bench-http-home.XXXXXX)
+        start_medvault "$MEDVAULT_HTTP_DIR" "$MEDVAULT_HTTP_PORT" http
+        MEDVAULT_HTTP_PID=$STARTED_PID
+        export MEDVAULT_HTTP_KEY=$STARTED_KEY
+        TARGETS+=(--target "medvault-http=http://127.0.0.1:$MEDVAULT_HTTP_PORT/dicomweb"
+                  --auth "medvault-http=bearer-env:MEDVAULT_HTTP_KEY")
+    fi
 fi
 if [[ "$ONLY" != medvault ]]; then
     TARGETS+=(--target "$ORTHANC_NAME=$ORTHANC_BASE/dicom-web"
@@ -276,10 +303,14 @@ if [[ -f "$OUT_JSON" ]]; then
     if [[ -n "$MEDVAULT_PID" ]]; then
         MEDVAULT_BYTES=$(du -sb "$MV_HOME" | cut -f1); MEDVAULT_RSS=$(tree_peak_rss_kb "$MEDVAULT_PID")
     fi
+    HTTP_BYTES=null HTTP_RSS=null
+    if [[ -n "$MEDVAULT_HTTP_PID" ]]; then
+        HTTP_BYTES=$(du -sb "$MEDVAULT_HTTP_DIR/home" | cut -f1); HTTP_RSS=$(tree_peak_rss_kb "$MEDVAULT_HTTP_PID")
+    fi
     "$PY" - "$OUT_JSON" "$ORTHANC_BYTES" "$ORTHANC_RSS" "$MEDVAULT_BYTES" "$MEDVAULT_RSS" "${ORTHANC_NAME:-orthanc}" \
-        "$TLS_BYTES" "$TLS_RSS" <<'PY'
+        "$TLS_BYTES" "$TLS_RSS" "$HTTP_BYTES" "$HTTP_RSS" <<'PY'
 import json, sys
-path, ob, orss, mb, mrss, oname, tb, trss = sys.argv[1:]
+path, ob, orss, mb, mrss, oname, tb, trss, hb, hrss = sys.argv[1:]
 num = lambda v: None if v in ("null", "") else int(v)
 report = json.load(open(path))
 servers = {}
@@ -295,6 +326,11 @@ if "medvault" in report["targets"]:
     servers["medvault"] = {"store_bytes": num(mb), "peak_rss_kb": num(mrss),
                            "transport": "HTTPS (private CA)", "at_rest": "encrypted",
                            "peak_rss_of": "sum over the supervisor, its HTTP workers and the DIMSE process"}
+if "medvault-http" in report["targets"]:
+    servers["medvault-http"] = {"store_bytes": num(hb), "peak_rss_kb": num(hrss),
+                                "transport": "plain HTTP ([server] plain_http, as behind a TLS proxy)",
+                                "at_rest": "encrypted",
+                                "peak_rss_of": "sum over the supervisor and its HTTP workers"}
 report["servers"] = servers
 json.dump(report, open(path, "w"), indent=2)
 for name, s in servers.items():
