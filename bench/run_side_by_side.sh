@@ -10,7 +10,7 @@
 #    "StorageCompression": false, "HttpCompressionEnabled": false (the client asks for identity anyway),
 # 3. starts medvault (`medvault init` + `medvault apikeys create --role archivist` + `medvault serve`, temp home, HTTPS on 127.0.0.1:19044, Bearer key),
 # 4. runs bench/dicomweb_bench.py against both, medvault first (ratios are medvault/orthanc), prints the
-#    tables and writes bench/results/side_by_side.json (plus on-disk store sizes and server peak RSS),
+#    tables and writes bench/results/side_by_side.json (plus on-disk store sizes and server memory),
 # 5. stops both servers by PID (trap) and deletes their temp dirs.
 #
 # FAIRNESS NOTE: medvault is measured over HTTPS (private CA), encrypts every object at rest and checks a
@@ -281,63 +281,49 @@ set +e
 BENCH_RC=$?
 set -e
 
-# store sizes on disk and peak RSS of each server, merged into the JSON
-peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo null; }
-# medvault serves from pre-forked workers (and a DIMSE process): the sum of every process's peak
-tree_peak_rss_kb() {
-    local pids total=0 pid kb
-    pids="$1 $(cat "/proc/$1/task/$1/children" 2>/dev/null)"
-    for pid in $pids; do
-        kb=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status" 2>/dev/null) && total=$((total + ${kb:-0}))
+# store sizes on disk and memory of each server, merged into the JSON. memory_kb PID prints
+# "PEAK END": the largest peak RSS of any process in the server's tree (medvault forks workers and a
+# DIMSE process; each peaks briefly while scrypt unseals the keyring) and the sum of their RSS now.
+memory_kb() {
+    local pid peak=0 sum=0 hwm rss
+    for pid in "$1" $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+        read -r hwm rss < <(awk '/VmHWM/ { h = $2 } /VmRSS/ { r = $2 } END { print h + 0, r + 0 }' \
+            "/proc/$pid/status" 2>/dev/null || echo "0 0")
+        ((hwm > peak)) && peak=$hwm
+        sum=$((sum + rss))
     done
-    echo "$total"
+    echo "$peak $sum"
 }
 if [[ -f "$OUT_JSON" ]]; then
-    ORTHANC_BYTES=null ORTHANC_RSS=null MEDVAULT_BYTES=null MEDVAULT_RSS=null TLS_BYTES=null TLS_RSS=null
-    if [[ -n "$ORTHANC_PID" ]]; then
-        ORTHANC_BYTES=$(du -sb "$ORTHANC_DIR/db" | cut -f1); ORTHANC_RSS=$(peak_rss_kb "$ORTHANC_PID")
-    fi
-    if [[ -n "$ORTHANC_TLS_PID" ]]; then
-        TLS_BYTES=$(du -sb "$ORTHANC_TLS_DIR/db" | cut -f1); TLS_RSS=$(peak_rss_kb "$ORTHANC_TLS_PID")
-    fi
-    if [[ -n "$MEDVAULT_PID" ]]; then
-        MEDVAULT_BYTES=$(du -sb "$MV_HOME" | cut -f1); MEDVAULT_RSS=$(tree_peak_rss_kb "$MEDVAULT_PID")
-    fi
-    HTTP_BYTES=null HTTP_RSS=null
-    if [[ -n "$MEDVAULT_HTTP_PID" ]]; then
-        HTTP_BYTES=$(du -sb "$MEDVAULT_HTTP_DIR/home" | cut -f1); HTTP_RSS=$(tree_peak_rss_kb "$MEDVAULT_HTTP_PID")
-    fi
-    "$PY" - "$OUT_JSON" "$ORTHANC_BYTES" "$ORTHANC_RSS" "$MEDVAULT_BYTES" "$MEDVAULT_RSS" "${ORTHANC_NAME:-orthanc}" \
-        "$TLS_BYTES" "$TLS_RSS" "$HTTP_BYTES" "$HTTP_RSS" <<'PY'
+    SIZES=()
+    add_server() { # add_server NAME PID STORE_DIR TRANSPORT AT_REST
+        [[ -n "$2" ]] || return 0
+        local mem
+        mem=$(memory_kb "$2")
+        SIZES+=("$1" "$(du -sb "$3" | cut -f1)" "${mem% *}" "${mem#* }" "$4" "$5")
+    }
+    add_server "${ORTHANC_NAME:-orthanc}" "$ORTHANC_PID" "${ORTHANC_DIR:-/nonexistent}/db" "HTTP (no TLS)" \
+        "plain files, StorageCompression false"
+    add_server orthanc-tls "$ORTHANC_TLS_PID" "${ORTHANC_TLS_DIR:-/nonexistent}/db" \
+        "HTTPS: nginx terminating TLS, plain HTTP to Orthanc on loopback" "plain files, StorageCompression false"
+    add_server medvault "$MEDVAULT_PID" "${MV_HOME:-/nonexistent}" "HTTPS (private CA)" "encrypted"
+    add_server medvault-http "$MEDVAULT_HTTP_PID" "${MEDVAULT_HTTP_DIR:-/nonexistent}/home" \
+        "plain HTTP ([server] plain_http, as behind a TLS proxy)" "encrypted"
+    "$PY" - "$OUT_JSON" "${SIZES[@]}" <<'PY'
 import json, sys
-path, ob, orss, mb, mrss, oname, tb, trss, hb, hrss = sys.argv[1:]
-num = lambda v: None if v in ("null", "") else int(v)
+path, fields = sys.argv[1], sys.argv[2:]
 report = json.load(open(path))
 servers = {}
-if oname in report["targets"]:
-    servers[oname] = {"store_bytes": num(ob), "peak_rss_kb": num(orss),
-                      "transport": "HTTP (no TLS)",
-                      "at_rest": "plain files, StorageCompression false"}
-if "orthanc-tls" in report["targets"]:
-    servers["orthanc-tls"] = {"store_bytes": num(tb), "peak_rss_kb": num(trss),
-                              "transport": "HTTPS: nginx terminating TLS, plain HTTP to Orthanc on loopback",
-                              "at_rest": "plain files, StorageCompression false"}
-if "medvault" in report["targets"]:
-    servers["medvault"] = {"store_bytes": num(mb), "peak_rss_kb": num(mrss),
-                           "transport": "HTTPS (private CA)", "at_rest": "encrypted",
-                           "peak_rss_of": "sum over the supervisor, its HTTP workers and the DIMSE process"}
-if "medvault-http" in report["targets"]:
-    servers["medvault-http"] = {"store_bytes": num(hb), "peak_rss_kb": num(hrss),
-                                "transport": "plain HTTP ([server] plain_http, as behind a TLS proxy)",
-                                "at_rest": "encrypted",
-                                "peak_rss_of": "sum over the supervisor and its HTTP workers"}
+for i in range(0, len(fields), 6):
+    name, size, peak, end, transport, at_rest = fields[i : i + 6]
+    if name in report["targets"]:
+        servers[name] = {"store_bytes": int(size), "peak_rss_kb": int(peak), "rss_end_kb": int(end),
+                         "transport": transport, "at_rest": at_rest}
 report["servers"] = servers
 json.dump(report, open(path, "w"), indent=2)
 for name, s in servers.items():
-    size = "-" if s["store_bytes"] is None else f"{s['store_bytes'] / 1e6:.0f} MB"
-    rss = "-" if s["peak_rss_kb"] is None else f"{s['peak_rss_kb'] / 1024:.0f} MiB"
-    what = " (sum over its processes)" if "peak_rss_of" in s else ""
-    print(f"{name}: store on disk {size}, server peak RSS {rss}{what}")
+    print(f"{name}: store on disk {s['store_bytes'] / 1e6:.0f} MB, peak RSS {s['peak_rss_kb'] / 1024:.0f} MiB"
+          f" (largest process), RSS at the end {s['rss_end_kb'] / 1024:.0f} MiB (all its processes)")
 PY
 fi
 exit $BENCH_RC
