@@ -32,6 +32,8 @@
 #   MEDVAULT_HTTP=1             also run a second medvault over plain HTTP ("medvault-http", the documented
 #                               mode behind a TLS-terminating proxy; its own home, no DIMSE) on
 #                               MEDVAULT_HTTP_PORT=19048: medvault's engine against Orthanc's without TLS
+#   FIRST=orthanc               measure this target first (default medvault; ratios in the tables are
+#                               always FIRST/OTHER); bench/rounds.sh rotates it
 #   KEEP=1                      keep the servers' temp dirs (logs, stores) after the run
 set -euo pipefail
 
@@ -47,6 +49,8 @@ ORTHANC_PORT=${ORTHANC_PORT:-19042}
 ORTHANC_DICOM_PORT=${ORTHANC_DICOM_PORT:-19043}
 MEDVAULT_PORT=${MEDVAULT_PORT:-19044}
 MEDVAULT_HTTP=${MEDVAULT_HTTP:-0}
+FIRST=${FIRST:-}
+prev=""
 MEDVAULT_HTTP_PORT=${MEDVAULT_HTTP_PORT:-19048}
 ORTHANC_BIN=${ORTHANC_BIN:-$(command -v Orthanc || echo /usr/sbin/Orthanc)}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -277,6 +281,19 @@ fi
 # ---------------------------------------------------------------- 4. benchmark
 mkdir -p "$(dirname "$OUT_JSON")"
 set +e
+if [[ -n "$FIRST" ]]; then # move one target's arguments (from its --target to the next) to the front
+    FRONT=() REST=() in_first=0
+    for arg in "${TARGETS[@]}"; do
+        if [[ "$prev" == --target ]]; then [[ "${arg%%=*}" == "$FIRST" ]] && in_first=1 || in_first=0; fi
+        if [[ "$arg" == --target ]]; then prev=--target; continue; fi
+        if [[ "$prev" == --target ]]; then
+            if ((in_first)); then FRONT+=(--target "$arg"); else REST+=(--target "$arg"); fi
+        elif ((in_first)); then FRONT+=("$arg"); else REST+=("$arg"); fi
+        prev=$arg
+    done
+    [[ ${#FRONT[@]} -gt 0 ]] || { echo "FIRST=$FIRST is not one of the targets" >&2; exit 2; }
+    TARGETS=("${FRONT[@]}" "${REST[@]}")
+fi
 "$PY" bench/dicomweb_bench.py "$DATA" "${TARGETS[@]}" --json "$OUT_JSON" "$@"
 BENCH_RC=$?
 set -e
