@@ -18,7 +18,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from medvault.sample import generate_study
 from tests.conftest import Server, make_home, start_server
@@ -218,6 +223,33 @@ def test_study_larger_than_one_read_batch_streams_every_part(wado: Wado, tmp_pat
     response = wado.client.get(f"/dicomweb/studies/{study}", headers={"Accept": AS_STORED})
     assert int(response.headers["content-length"]) == len(response.content) > 12 * 512 * 512 * 2
     assert sorted(body for _, body in parts(response)) == sorted(originals)
+
+
+def test_study_converted_on_the_way_streams_every_part(wado: Wado, tmp_path: Path) -> None:
+    """Stored in another transfer syntax than asked for, a study larger than one read batch is
+    converted part by part (sizes unknown up front, so no Content-Length)."""
+    paths = generate_study(
+        tmp_path / "implicit", seed=6, series=1, instances=12, patient_name="IMPLICIT^VR", patient_id="I1"
+    )
+    stored: dict[str, Dataset] = {}
+    originals = []
+    for path in paths:
+        ds = dcmread(path)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        buffer = io.BytesIO()
+        ds.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=True)
+        originals.append(buffer.getvalue())
+        stored[ds.SOPInstanceUID] = ds
+    stow(wado.client, originals)
+    study = next(iter(stored.values())).StudyInstanceUID
+    response = wado.client.get(f"/dicomweb/studies/{study}", headers={"Accept": DEFAULT_DICOM})
+    assert response.status_code == 200 and "content-length" not in response.headers
+    got = [(part_type, dcmread(io.BytesIO(body))) for part_type, body in parts(response)]
+    assert len(got) == 12
+    for part_type, ds in got:
+        assert f"transfer-syntax={ExplicitVRLittleEndian}" in part_type
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(ds.pixel_array, stored[ds.SOPInstanceUID].pixel_array)
 
 
 @pytest.mark.parametrize("name", DECODABLE_COMPRESSED)

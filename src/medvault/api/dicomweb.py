@@ -283,13 +283,14 @@ def _retrieve(
     heads = [_part_head(boundary, choice.transfer_syntax, r) for r in records]
     closing = mp.closing(boundary)
     headers: dict[str, str] = {}
-    if all(choice.transfer_syntax in (ANY_SYNTAX, r.transfer_syntax) for r in records):
-        # served as stored: every part's size is known, so the body needs no chunked framing
+    as_stored = all(choice.transfer_syntax in (ANY_SYNTAX, r.transfer_syntax) for r in records)
+    if as_stored:
+        # every part's size is known, so the body needs no chunked framing
         size = sum(len(head) + record.size + 2 for head, record in zip(heads, records, strict=True))
         headers["Content-Length"] = str(size + len(closing))
 
     def read_batch(batch: Sequence[tuple[bytes, InstanceRecord]]) -> bytes | memoryview:
-        if "Content-Length" not in headers:  # transcoding: sizes are known only once done
+        if not as_stored:  # transcoding: sizes are known only once done
             return b"".join(
                 head + _serve_bytes(archive, record, choice.transfer_syntax) + b"\r\n"
                 for head, record in batch
