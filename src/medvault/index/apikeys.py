@@ -11,12 +11,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from medvault.errors import Conflict, InvalidInput, NotFound
 from medvault.index import schema as t
 
 KEY_PREFIX = "mvk_"
+# Checked on every request: built once (see medvault.index.store on prebuilt lookups).
+_KEY_BY_HASH = select(t.api_keys).where(t.api_keys.c.key_hash == bindparam("key_hash"))
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class ApiKeyStore:
         """The key's record if it is known, not revoked and not expired; otherwise None."""
         now = now or datetime.now(UTC)
         with self.engine.connect() as conn:
-            row = conn.execute(select(t.api_keys).where(t.api_keys.c.key_hash == hash_key(key))).first()
+            row = conn.execute(_KEY_BY_HASH, {"key_hash": hash_key(key)}).first()
         if row is None or row.revoked_at is not None:
             return None
         info = self._info(row)

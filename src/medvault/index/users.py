@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from argon2 import PasswordHasher
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from medvault.access import passwords as pw
@@ -68,6 +68,16 @@ _TABLES = [
     u.auth_tokens,
     u.auth_failures,
 ]
+# Every request from a signed-in user runs these: built once (see medvault.index.store).
+_TOKEN_BY_HASH = select(u.auth_tokens).where(u.auth_tokens.c.token_hash == bindparam("token_hash"))
+_USER_BY_ID = select(u.users).where(u.users.c.id == bindparam("user_id"))
+_GRANTS_OF_USER = select(u.user_grants).where(u.user_grants.c.user_id == bindparam("user_id"))
+_LIVE_BREAK_GLASS_OF_USER = select(
+    u.break_glass_sessions.c.study_uid, u.break_glass_sessions.c.expires_at
+).where(
+    u.break_glass_sessions.c.user_id == bindparam("user_id"),
+    u.break_glass_sessions.c.expires_at > bindparam("now"),
+)
 
 
 class FieldCipherLike(Protocol):
@@ -458,15 +468,11 @@ class UserStore:
     ) -> Principal:
         grants = tuple(
             Grant(kind=g.kind, value=g.value, expires_at=_aware(g.expires_at))
-            for g in conn.execute(select(u.user_grants).where(u.user_grants.c.user_id == row.id))
+            for g in conn.execute(_GRANTS_OF_USER, {"user_id": row.id})
         )
         sessions = tuple(
             BreakGlassGrant(study_uid=s.study_uid, expires_at=_must(s.expires_at))
-            for s in conn.execute(
-                select(u.break_glass_sessions.c.study_uid, u.break_glass_sessions.c.expires_at).where(
-                    u.break_glass_sessions.c.user_id == row.id, u.break_glass_sessions.c.expires_at > now
-                )
-            )
+            for s in conn.execute(_LIVE_BREAK_GLASS_OF_USER, {"user_id": row.id, "now": now})
         )
         return Principal(
             name=row.name,
@@ -685,9 +691,7 @@ class UserStore:
             return self._insert_pair(conn, user.id, tk.new_family(), now, now + tk.SESSION_TTL)
 
     def _lookup(self, conn: Connection, token: str) -> Any:
-        return conn.execute(
-            select(u.auth_tokens).where(u.auth_tokens.c.token_hash == tk.hash_token(token))
-        ).first()
+        return conn.execute(_TOKEN_BY_HASH, {"token_hash": tk.hash_token(token)}).first()
 
     def authenticate_token(self, token: str, *, now: datetime) -> Principal | None:
         """The principal behind a live access token; None if unknown, expired, revoked or disabled."""
@@ -703,7 +707,7 @@ class UserStore:
                 or now >= _must(row.expires_at)
             ):
                 return None
-            user = conn.execute(select(u.users).where(u.users.c.id == row.user_id)).first()
+            user = conn.execute(_USER_BY_ID, {"user_id": row.user_id}).first()
             if user is None or user.disabled:
                 return None
             return self._principal(conn, user, method="token", now=now)
