@@ -89,13 +89,13 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
     )
 
 
-# glibc's mallopt(3) parameters, and the values the server uses (see _keep_freed_memory).
+# glibc's mallopt(3) parameters, and the values the server uses (see keep_freed_memory).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024**2  # the largest glibc accepts on 64-bit systems
 _TRIM_THRESHOLD = 256 * 1024**2
 
 
-def _keep_freed_memory() -> bool:
+def keep_freed_memory() -> bool:
     """Keep freed buffers in the process for the next request instead of handing them back.
 
     Every STOW or WADO request allocates and frees buffers of a few hundred KB (an instance, its
@@ -293,7 +293,7 @@ def serve(
     if on_listening is not None:
         on_listening()
     setup_logging(root)
-    _keep_freed_memory()  # before forking: the workers inherit it
+    keep_freed_memory()  # before forking: the workers inherit it
     if workers <= 1:
         opened = open_home(root, passphrase)
         dimse = _start_dimse(opened)

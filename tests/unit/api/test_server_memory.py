@@ -10,9 +10,9 @@ import pytest
 
 PROGRAM = """
 import resource, sys, threading
-from medvault.api.server import _keep_freed_memory
+from medvault.api.server import keep_freed_memory
 if sys.argv[1] == "tuned":
-    assert _keep_freed_memory()
+    assert keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def requests():  # like STOW/WADO requests: a few instance-sized buffers, written, then freed
