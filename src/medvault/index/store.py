@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
@@ -81,6 +81,22 @@ _STUDY_FACTS_COLUMNS = select(
     t.studies.c.department_tok,
 )
 _STUDY_FACTS_BY_UID = _STUDY_FACTS_COLUMNS.where(t.studies.c.study_uid == bindparam("study_uid"))
+# Searches ask these for every page of results (and the access filter per study).
+_STUDY_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+_STUDY_FACTS_BY_IDS = _STUDY_FACTS_COLUMNS.where(t.studies.c.id.in_(_STUDY_IDS))
+_SERIES_MODALITIES_OF_STUDIES = select(t.series.c.study_id, t.series.c.modality).where(
+    t.series.c.study_id.in_(_STUDY_IDS)
+)
+_INSTANCE_COUNTS_OF_STUDIES = (
+    select(t.instances.c.study_id, func.count())
+    .where(t.instances.c.study_id.in_(_STUDY_IDS))
+    .group_by(t.instances.c.study_id)
+)
+_INSTANCE_COUNTS_OF_SERIES = (
+    select(t.instances.c.series_id, func.count())
+    .where(t.instances.c.series_id.in_(bindparam("ids", expanding=True)))
+    .group_by(t.instances.c.series_id)
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -572,7 +588,7 @@ class Index:
             if study_uid is not None:
                 rows = conn.execute(_STUDY_FACTS_BY_UID, {"study_uid": study_uid}).all()
             else:
-                rows = conn.execute(_STUDY_FACTS_COLUMNS.where(t.studies.c.id.in_(list(study_ids)))).all()
+                rows = conn.execute(_STUDY_FACTS_BY_IDS, {"ids": list(study_ids)}).all()
 
         def hexed(value: bytes | None) -> str | None:
             return bytes(value).hex() if value is not None else None
@@ -601,14 +617,8 @@ class Index:
         own = conn is None
         conn = conn or self.engine.connect()
         try:
-            series_rows = conn.execute(
-                select(t.series.c.study_id, t.series.c.modality).where(t.series.c.study_id.in_(study_ids))
-            ).all()
-            inst_rows = conn.execute(
-                select(t.instances.c.study_id, func.count())
-                .where(t.instances.c.study_id.in_(study_ids))
-                .group_by(t.instances.c.study_id)
-            ).all()
+            series_rows = conn.execute(_SERIES_MODALITIES_OF_STUDIES, {"ids": list(study_ids)}).all()
+            inst_rows = conn.execute(_INSTANCE_COUNTS_OF_STUDIES, {"ids": list(study_ids)}).all()
         finally:
             if own:
                 conn.close()
@@ -630,11 +640,7 @@ class Index:
         if not series_ids:
             return {}
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.instances.c.series_id, func.count())
-                .where(t.instances.c.series_id.in_(series_ids))
-                .group_by(t.instances.c.series_id)
-            ).all()
+            rows = conn.execute(_INSTANCE_COUNTS_OF_SERIES, {"ids": list(series_ids)}).all()
         return dict(rows)
 
     # -- key management --------------------------------------------------------------------------
