@@ -28,6 +28,7 @@ from medvault.access.policy import ROLES
 from medvault.access.totp import Enrolment
 from medvault.api.admin import grant_kind, grant_value, referring_identity, roles_from
 from medvault.archive import Archive, StoreOutcome
+from medvault.config import Settings, load_settings
 from medvault.errors import ConfigError, MedvaultError
 from medvault.home import OpenHome, init_home, open_home
 from medvault.index.users import NewUser
@@ -154,8 +155,7 @@ def _show_enrolment(enrolment: Enrolment, home: Path, name: str) -> None:
         print(f"    {code}")
 
 
-def _announce(opened: OpenHome, host: str, port: int, workers: int) -> None:
-    settings = opened.settings
+def _announce(root: Path, settings: Settings, host: str, port: int, workers: int) -> None:
     if settings.server.plain_http:
         err.print(
             "[bold red]WARNING[/]: plain HTTP is on (\\[server] plain_http = true). Only run this behind a "
@@ -165,7 +165,7 @@ def _announce(opened: OpenHome, host: str, port: int, workers: int) -> None:
     shown = f"[{host}]" if ":" in host else host
     err.print(
         f"medvault {__version__} serving {scheme}://{shown}:{port}/dicomweb with {workers} worker(s) "
-        f"(CA: {opened.root / settings.tls.ca_certificate})"
+        f"(CA: {root / settings.tls.ca_certificate})"
     )
 
 
@@ -187,19 +187,17 @@ def serve(
     """Serve DICOMweb over HTTPS from a home folder."""
     from medvault.api.server import serve as serve_forever
 
-    passphrase = get_passphrase(passphrase_file)
-    opened = open_home(home, passphrase)
-    host = host or opened.settings.server.host
-    port = port or opened.settings.server.port
-    count = workers or opened.settings.server.workers or default_workers()
-    opened.close()
+    settings = load_settings(home)
+    host = host or settings.server.host
+    port = port or settings.server.port
+    count = workers or settings.server.workers or default_workers()
     serve_forever(
         home,
-        passphrase,
+        get_passphrase(passphrase_file),
         host=host,
         port=port,
         workers=count,
-        on_listening=lambda: _announce(opened, host, port, count),
+        on_listening=lambda: _announce(home, settings, host, port, count),
     )
 
 
@@ -1093,11 +1091,11 @@ def quickstart(
         count = default_workers()
         serve_forever(
             home,
-            passphrase,
+            opened.keyring_file,  # unlocked above: no second scrypt run
             host="127.0.0.1",
             port=port,
             workers=count,
-            on_listening=lambda: _announce(opened, "127.0.0.1", port, count),
+            on_listening=lambda: _announce(home, opened.settings, "127.0.0.1", port, count),
         )
 
 

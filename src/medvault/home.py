@@ -179,9 +179,15 @@ class _KeyringWatcher:
             self._seen = current
 
 
-def open_home(root: Path, passphrase: str) -> OpenHome:
+def open_home(root: Path, passphrase: str | KeyringFile) -> OpenHome:
+    """Open a home with its passphrase, or with its keyring already unlocked (``serve`` unlocks it
+    once, then its worker processes open the home from it without running scrypt again)."""
     settings = load_settings(root)
-    keyring_file = KeyringFile.open(root / KEYRING_FILE, passphrase)
+    if isinstance(passphrase, KeyringFile):
+        keyring_file = passphrase
+        keyring_file.reload()  # keys rotated since it was unlocked: start from the file as it is now
+    else:
+        keyring_file = KeyringFile.open(root / KEYRING_FILE, passphrase)
     keyring = keyring_file.keyring
     cipher = FieldCipher(keyring.index_key)
     index = Index.open_sqlite(

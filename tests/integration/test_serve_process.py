@@ -7,12 +7,14 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Home, Server, free_port
@@ -133,3 +135,64 @@ def test_a_worker_that_cannot_start_is_logged_backed_off_and_sigterm_still_stops
     text = log.read_text()
     assert re.search(r"dimse worker \d+ stopped: OSError: .*Address already in use", text), text[-2000:]
     assert "starting another in 1 s" in text
+
+
+# `serve` with scrypt instrumented: each derivation appends the deriving process's id to a file.
+_COUNT_SCRYPT_THEN_SERVE = """
+import os, sys
+from medvault.crypto import keyring
+derive = keyring._derive
+def counted(*args, **kwargs):
+    with open(os.environ["SCRYPT_LOG"], "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    return derive(*args, **kwargs)
+keyring._derive = counted
+from medvault.cli import main
+sys.argv = ["medvault", *sys.argv[1:]]
+main()
+"""
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_the_passphrase_is_stretched_once_for_every_worker_and_restart(home: Home, tmp_path: Path) -> None:
+    """scrypt (128 MiB, ~0.4 s) ran once in the supervisor and again in every worker and every
+    restarted worker; now the workers inherit the unlocked keyring and open the home from it."""
+    scrypt_log = tmp_path / "scrypt.log"
+    dimse_port = free_port()
+    home.set_config("dimse", "host", '"127.0.0.1"')
+    home.set_config("dimse", "port", str(dimse_port))
+    port = free_port()
+    serve = ["serve", "--home", str(home.root), "--port", str(port), "--workers", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", _COUNT_SCRYPT_THEN_SERVE, *serve],
+        env={**home.env(), "SCRYPT_LOG": str(scrypt_log)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        https, dimse = set(), set()
+        while not (https and dimse and len(_children(process.pid)) == 3):
+            assert process.poll() is None and time.monotonic() < deadline
+            https, dimse = _listening_inodes(port), _listening_inodes(dimse_port)
+            time.sleep(0.1)
+        workers = _children(process.pid)
+        http_worker = next(c for c in workers if not _holds_socket(c, dimse))
+        os.kill(http_worker, signal.SIGKILL)
+        while True:  # the replacement is forked, opens the home, starts its checkpoint thread
+            assert time.monotonic() < deadline
+            new = [c for c in _children(process.pid) if c not in workers]
+            if new and _threads(new[0]) > 1:
+                break
+            time.sleep(0.1)
+        ssl_context = ssl.create_default_context(cafile=str(home.ca))
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ssl_context).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    assert scrypt_log.read_text().split() == [str(process.pid)]

@@ -2,8 +2,9 @@
 
 Python's GIL keeps one process on one core; ingest (parsing, hashing, encryption) is CPU work,
 so ``workers > 1`` forks that many processes after the passphrase and TLS files have been
-checked. Each worker opens the home itself (its own database connections and key material);
-the passphrase is handed over in process memory, never through the environment.
+checked. The passphrase is stretched (scrypt) once, by the supervisor; each worker inherits the
+unlocked keyring in process memory (never through the environment or a file) and opens the home
+itself from it, with its own database connections.
 """
 
 from __future__ import annotations
@@ -182,9 +183,9 @@ def _checkpointer(opened: OpenHome) -> threading.Event:
     return stop
 
 
-def _worker(root: Path, passphrase: str, sock: socket.socket) -> None:
+def _worker(root: Path, keyring: KeyringFile, sock: socket.socket) -> None:
     setup_logging(root)
-    opened = open_home(root, passphrase)
+    opened = open_home(root, keyring)
     stop = _checkpointer(opened)
     # Long-lived startup objects out of the collector's scans, and fewer young-generation passes:
     # a request allocates many short-lived objects and few cycles (STOW +5 %, median of 3 runs).
@@ -224,10 +225,10 @@ def _start_dimse(opened: OpenHome) -> DimseServer | None:
     )
 
 
-def _dimse_worker(root: Path, passphrase: str) -> None:
+def _dimse_worker(root: Path, keyring: KeyringFile) -> None:
     """A process of its own for the DIMSE listener, next to the HTTP workers."""
     setup_logging(root)
-    opened = open_home(root, passphrase)
+    opened = open_home(root, keyring)
     server = _start_dimse(opened)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -270,18 +271,25 @@ def _ledger_configuration(opened: OpenHome) -> None:
 
 def serve(
     root: Path,
-    passphrase: str,
+    passphrase: str | KeyringFile,
     *,
     host: str,
     port: int,
     workers: int,
     on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. Checks the passphrase, TLS material and ports before serving;
-    ``on_listening`` runs once they are bound (to tell the user where to connect)."""
+    """Serve until SIGINT/SIGTERM. Checks the passphrase (or takes the keyring already unlocked
+    with it), TLS material and ports before serving; ``on_listening`` runs once they are bound
+    (to tell the user where to connect)."""
     settings = load_settings(root)
-    KeyringFile.open(root / KEYRING_FILE, passphrase)  # a wrong passphrase fails here, clearly
-    probe = open_home(root, passphrase)
+    # The one scrypt run: a wrong passphrase fails here, clearly. Every process opens the home from
+    # this unlocked keyring (workers inherit it when forked), so the passphrase is not kept.
+    if isinstance(passphrase, KeyringFile):
+        keyring = passphrase
+    else:
+        keyring = KeyringFile.open(root / KEYRING_FILE, passphrase)
+    del passphrase
+    probe = open_home(root, keyring)
     try:
         if not settings.server.plain_http:
             probe.ssl_context()  # unreadable certificate or key: fail before forking
@@ -295,7 +303,7 @@ def serve(
     setup_logging(root)
     keep_freed_memory()  # before forking: the workers inherit it
     if workers <= 1:
-        opened = open_home(root, passphrase)
+        opened = open_home(root, keyring)
         dimse = _start_dimse(opened)
         checkpoints = _checkpointer(opened)
         try:
@@ -319,9 +327,9 @@ def serve(
             try:
                 if role == "dimse":
                     sock.close()
-                    _dimse_worker(root, passphrase)
+                    _dimse_worker(root, keyring)
                 else:
-                    _worker(root, passphrase, sock)
+                    _worker(root, keyring, sock)
             except BaseException as exc:  # the child must never return into the parent's code
                 code = 1
                 log.error("%s worker %d stopped: %s", role, os.getpid(), _describe(exc))
