@@ -65,12 +65,12 @@ _INSTANCES = select(t.instances, t.series.c.series_uid, t.studies.c.study_uid).s
 _IN_STUDY = _INSTANCES.where(t.studies.c.study_uid == bindparam("study_uid"))
 _BY_SERIES = t.series.c.series_uid == bindparam("series_uid")
 _BY_SOP = t.instances.c.sop_uid == bindparam("sop_uid")
-_INSTANCES_FOUND_BY = {  # (series given, SOP instance given) -> statement, in series then instance order
-    (with_series, with_sop): _IN_STUDY.where(
-        *([_BY_SERIES] if with_series else []), *([_BY_SOP] if with_sop else [])
-    ).order_by(t.series.c.id, t.instances.c.instance_number, t.instances.c.id)
-    for with_series in (False, True)
-    for with_sop in (False, True)
+_INSTANCE_ORDER = (t.series.c.id, t.instances.c.instance_number, t.instances.c.id)
+_INSTANCES_FOUND_BY = {  # (series given, SOP instance given) -> statement
+    (False, False): _IN_STUDY.order_by(*_INSTANCE_ORDER),
+    (True, False): _IN_STUDY.where(_BY_SERIES).order_by(*_INSTANCE_ORDER),
+    (False, True): _IN_STUDY.where(_BY_SOP).order_by(*_INSTANCE_ORDER),
+    (True, True): _IN_STUDY.where(_BY_SERIES, _BY_SOP).order_by(*_INSTANCE_ORDER),
 }
 _INSTANCE_BY_SOP = _INSTANCES.where(_BY_SOP)
 _STUDY_FACTS_COLUMNS = select(

@@ -202,6 +202,28 @@ def test_rotation_rewraps_keys_and_rewrites_no_object(
         assert archive.read(record) in ct_files
 
 
+def test_instance_lookups_at_every_level(archive: Archive, ct_files: list[bytes]) -> None:
+    """Study, series, SOP instance and SOP-without-series lookups (each a prebuilt statement):
+    the right rows in series then instance order, and a mismatched pair finds nothing."""
+    outcomes = archive.store_batch(ct_files)
+    study = outcomes[0].study_uid or ""
+    series = sorted({o.series_uid for o in outcomes})
+    everything = archive.instances(study)
+    assert len(everything) == 6
+    order = [r.series_uid for r in everything]
+    assert order == sorted(order, key=order.index)  # each series' instances together
+    for uid in series:
+        in_series = archive.instances(study, uid)
+        assert [r.sop_uid for r in in_series] == [r.sop_uid for r in everything if r.series_uid == uid]
+        assert [r.instance_number for r in in_series] == sorted(r.instance_number or 0 for r in in_series)
+    one = everything[4]
+    assert archive.instances(study, one.series_uid, one.sop_uid) == [one]
+    assert archive.index.find_instances(study, None, one.sop_uid) == [one]
+    other_series = next(uid for uid in series if uid != one.series_uid)
+    assert archive.index.find_instances(study, other_series, one.sop_uid) == []
+    assert archive.index.find_instances("1.2.3.4", one.series_uid, one.sop_uid) == []
+
+
 def test_delete_removes_rows_keys_and_objects(
     archive: Archive, blobs: MemoryBlobStore, ct_files: list[bytes]
 ) -> None:
