@@ -326,7 +326,7 @@ class Archive:
         series_uid: str | None = None,
         offset: int = 0,
         limit: int | None = None,
-        visible: Callable[[int], bool] | None = None,
+        visible: Callable[[StudyFacts], bool] | None = None,
     ) -> list[Hit]:
         return self.index.search(
             level,

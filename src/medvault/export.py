@@ -530,7 +530,7 @@ def export_studies(
     sink: ExportSink | None = None,
     actor: Actor = SYSTEM,
     keep_map: bool = False,
-    study_filter: Callable[[int], bool] | None = None,
+    study_filter: Callable[[StudyFacts], bool] | None = None,
     progress: Callable[[ExportProgress], None] | None = None,
     pixel_masks: Sequence[PixelMaskRule] = (),
     max_bytes: int | None = None,
@@ -538,7 +538,7 @@ def export_studies(
     """Export the studies matching ``query_params`` through the de-identification engine.
 
     Exactly one destination: ``to_dir``, ``to_stow`` (a DICOMweb base URL; ``stow_token`` and
-    ``stow_ca`` authenticate the target) or ``sink``. ``study_filter(study_id)`` restricts the
+    ``stow_ca`` authenticate the target) or ``sink``. ``study_filter(facts)`` restricts the
     studies (the API passes the guard's per-study decision). ``max_bytes`` refuses, before any
     work, a selection whose stored size exceeds it (:class:`TooLarge`). Raises ``InvalidInput``
     for a bad query, project or option. The ledger events are durable when this returns.

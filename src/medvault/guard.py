@@ -55,14 +55,12 @@ class Guard:
 
     def visible(
         self, principal: Principal | None, action: Action, *, client: str | None = None
-    ) -> Callable[[int], bool]:
-        """A per-study filter for searches: only studies the subject may see pass."""
+    ) -> Callable[[StudyFacts], bool]:
+        """A per-study filter for searches (which hand it each study's facts): only studies the
+        subject may see pass."""
         context = self._context(client)
 
-        def check(study_id: int) -> bool:
-            facts = self.index.study_facts(study_ids=[study_id]).get(study_id)
-            if facts is None:
-                return False
+        def check(facts: StudyFacts) -> bool:
             return self.pdp.decide(principal, action, resource_of(facts), context).allowed
 
         return check

@@ -40,6 +40,7 @@ from medvault.errors import ConfigError, IntegrityError, InvalidInput, Unsupport
 from medvault.export import DEFAULT_MAX_EXPORT_BYTES, ExportSource, ExportSummary, ZipSink, export_studies
 from medvault.guard import Guard, resource_of
 from medvault.home import OpenHome
+from medvault.index.store import StudyFacts
 
 __all__ = ["CanExport", "install", "router"]
 
@@ -134,15 +135,12 @@ def _split(pairs: list[tuple[str, str]]) -> tuple[str, list[str], bool, list[tup
     return project, options, keep in ("true", "1", "yes"), query
 
 
-def export_filter(guard: Guard, who: Principal, client: str | None) -> Callable[[int], bool]:
+def export_filter(guard: Guard, who: Principal, client: str | None) -> Callable[[StudyFacts], bool]:
     """Per-study ``deid.export`` decisions for this subject (each recorded by the decision point):
     a study passes only when permitted **with** the ``deidentify`` obligation."""
     context = Context(now=datetime.now(UTC), client=client)
 
-    def check(study_id: int) -> bool:
-        facts = guard.index.study_facts(study_ids=[study_id]).get(study_id)
-        if facts is None:
-            return False
+    def check(facts: StudyFacts) -> bool:
         decision = guard.pdp.decide(who, Action.DEID_EXPORT, resource_of(facts), context)
         if not decision.allowed:
             return False

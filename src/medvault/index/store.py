@@ -161,6 +161,21 @@ class StudyFacts:
     department: str | None
 
 
+def _facts(row: Any, study_id: int) -> StudyFacts:
+    """A study's facts from a row that carries its study UID and blind-index token columns."""
+
+    def hexed(value: bytes | None) -> str | None:
+        return bytes(value).hex() if value is not None else None
+
+    return StudyFacts(
+        study_id=study_id,
+        study_uid=row.study_uid,
+        patient=hexed(row.patient_id_tok),
+        referring=hexed(row.referring_tok),
+        department=hexed(row.department_tok),
+    )
+
+
 @dataclass(frozen=True)
 class StudyCounts:
     series: int
@@ -428,11 +443,11 @@ class Index:
         series_uid: str | None = None,
         offset: int = 0,
         limit: int | None = None,
-        visible: Callable[[int], bool] | None = None,
+        visible: Callable[[StudyFacts], bool] | None = None,
     ) -> list[Hit]:
         """Matches at ``level`` in insertion order, after ``offset``, at most ``limit``.
 
-        ``visible(study_id)`` drops studies the caller may not see *before* paging, so neither
+        ``visible(facts)`` drops studies the caller may not see *before* paging, so neither
         results nor counts reveal that they exist."""
         if limit == 0:
             return []
@@ -450,14 +465,17 @@ class Index:
             if crit.kind is not MatchKind.UNIVERSAL:
                 python_checks.append(crit)
 
+        # What the access filter decides on comes with each row: no query per study.
+        facts_columns = (studies.c.patient_id_tok, studies.c.referring_tok, studies.c.department_tok)
         if level == "study":
-            query = select(studies.c.id.label("study_id"), studies.c.study_uid, studies.c.doc)
+            query = select(studies.c.id.label("study_id"), studies.c.study_uid, studies.c.doc, *facts_columns)
             order = studies.c.id
         elif level == "series":
             query = select(
                 studies.c.id.label("study_id"),
                 studies.c.study_uid,
                 studies.c.doc,
+                *facts_columns,
                 series.c.id.label("series_id"),
                 series.c.series_uid,
                 series.c.doc.label("series_doc"),
@@ -468,6 +486,7 @@ class Index:
                 studies.c.id.label("study_id"),
                 studies.c.study_uid,
                 studies.c.doc,
+                *facts_columns,
                 series.c.id.label("series_id"),
                 series.c.series_uid,
                 series.c.doc.label("series_doc"),
@@ -515,7 +534,7 @@ class Index:
                 if visible is not None:
                     allowed = seen_visible.get(row.study_id)
                     if allowed is None:
-                        allowed = seen_visible[row.study_id] = visible(row.study_id)
+                        allowed = seen_visible[row.study_id] = visible(_facts(row, row.study_id))
                     if not allowed:
                         continue
                 if skipped < offset:
@@ -590,19 +609,7 @@ class Index:
             else:
                 rows = conn.execute(_STUDY_FACTS_BY_IDS, {"ids": list(study_ids)}).all()
 
-        def hexed(value: bytes | None) -> str | None:
-            return bytes(value).hex() if value is not None else None
-
-        return {
-            row.id: StudyFacts(
-                study_id=row.id,
-                study_uid=row.study_uid,
-                patient=hexed(row.patient_id_tok),
-                referring=hexed(row.referring_tok),
-                department=hexed(row.department_tok),
-            )
-            for row in rows
-        }
+        return {row.id: _facts(row, row.id) for row in rows}
 
     def pseudonym(self, tag: str, value: str) -> str:
         """The token under which studies record ``value`` of ``tag`` (for grants and identities):

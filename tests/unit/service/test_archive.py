@@ -18,7 +18,7 @@ from medvault.crypto.kek import KeyringKekProvider
 from medvault.crypto.keyring import Keyring
 from medvault.dicom.matching import parse_criterion
 from medvault.errors import Conflict, IntegrityError, NotFound, StorageError, StudyMismatch
-from medvault.index.store import Index
+from medvault.index.store import Index, StudyFacts
 from medvault.sample import generate_study
 from medvault.testing import MemoryBlobStore
 
@@ -260,9 +260,12 @@ def test_visibility_is_asked_only_for_matches_and_before_paging(archive: Archive
     ids = {hit.attributes["00100020"]["Value"][0]: hit.study_id for hit in archive.search("study", [])}
     asked: list[int] = []
 
-    def visible(study_id: int) -> bool:
-        asked.append(study_id)
-        return study_id != ids["P-0"]
+    patient_of = {study_id: patient for patient, study_id in ids.items()}
+
+    def visible(facts: StudyFacts) -> bool:
+        asked.append(facts.study_id)
+        assert facts.patient == archive.index.pseudonym("00100020", patient_of[facts.study_id])
+        return facts.study_id != ids["P-0"]
 
     doe = [parse_criterion("00100010", "PN", "DOE*")]
     hits = archive.search("instance", doe, visible=visible)
