@@ -212,16 +212,21 @@ def decrypt_object(blob: bytes, data_key: bytes, *, object_id: bytes) -> bytes:
     return bytes(out)
 
 
-def plaintext_length(blob: bytes) -> int:
-    """The plaintext length a blob's header claims, once it agrees with the blob's own length (so
-    a damaged header cannot ask for a huge buffer); authenticated only once a segment verifies."""
+def _checked_header(blob: bytes) -> EnvelopeHeader:
+    """The blob's header, once it parses and agrees with the blob's own length (so a damaged
+    header cannot ask for a huge buffer); authenticated only once a segment verifies."""
     try:
         hdr = parse_header(blob)
     except IntegrityError:
         raise IntegrityError(_FAILED) from None
     if len(blob) != hdr.blob_length:  # truncated or extended
         raise IntegrityError(_FAILED)
-    return hdr.plaintext_length
+    return hdr
+
+
+def plaintext_length(blob: bytes) -> int:
+    """The plaintext length a blob's header claims (see :func:`_checked_header`)."""
+    return _checked_header(blob).plaintext_length
 
 
 def decrypt_object_into(blob: bytes, data_key: bytes, *, object_id: bytes, out: memoryview) -> None:
@@ -229,12 +234,7 @@ def decrypt_object_into(blob: bytes, data_key: bytes, *, object_id: bytes, out: 
     must be exactly as long as the plaintext. Any failure raises :class:`IntegrityError`; ``out``
     then holds unverified bytes that the caller must discard."""
     aead = _aead(data_key)
-    try:
-        hdr = parse_header(blob)
-    except IntegrityError:
-        raise IntegrityError(_FAILED) from None
-    if len(blob) != hdr.blob_length:  # truncated or extended
-        raise IntegrityError(_FAILED)
+    hdr = _checked_header(blob)
     if len(out) != hdr.plaintext_length:
         raise IntegrityError(_FAILED, hint="the object's length differs from the one recorded")
     aad = bytes(blob[:HEADER_SIZE]) + bytes(object_id)
