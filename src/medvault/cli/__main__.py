@@ -1,0 +1,5 @@
+"""``python -m medvault.cli``: the same as the ``medvault`` command."""
+
+from medvault.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""`medvault ledger …`: verify, export, key, checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from medvault.cli._common import (
+    HomeOption,
+    PassphraseFile,
+    cli_actor,
+    err,
+    open_for_cli,
+    out,
+    user_action,
+)
+from medvault.errors import ConfigError
+
+app = typer.Typer(help="The tamper-evident audit ledger: verify, key, checkpoint.", no_args_is_help=True)
+
+
+@app.command("verify")
+def ledger_verify(
+    trusted_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A checkpoint saved earlier: the log must still contain it (no rollback)."),
+    ] = None,
+    objects: Annotated[
+        bool, typer.Option(help="Also check every stored object against its store event.")
+    ] = True,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Recompute the Merkle tree from storage, check every signed checkpoint and their consistency,
+    name the first altered/removed/reordered/inserted entry, and check every stored image."""
+    from medvault.ledger.verify import verify_ledger
+    from medvault.reports import verify_objects
+
+    opened = open_for_cli(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        report = verify_ledger(
+            opened.path(opened.settings.ledger.database),
+            verifier_key=opened.ledger.verifier_key_text(),
+            trusted_checkpoint=trusted_checkpoint.read_bytes() if trusted_checkpoint else None,
+        )
+        out.print(report.summary(), highlight=False, soft_wrap=True)
+        problems: list[str] = []
+        if objects:
+            total = opened.archive.index.count_instances()
+            with Progress(
+                TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
+            ) as progress:
+                task = progress.add_task("objects", total=total)
+                problems = verify_objects(opened.archive, progress=lambda n: progress.advance(task, n))
+            for problem in problems:
+                out.print(f"  - {problem}", highlight=False, soft_wrap=True)
+            out.print(
+                f"objects: {total - len(problems)} of {total} match their store events", highlight=False
+            )
+    finally:
+        opened.close()
+    if not report.ok or problems:
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def ledger_export(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="A file, '-' for stdout, syslog+tls://HOST[:PORT], or syslog+tcp://HOST:PORT."
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl (the exact leaves) or atna (IHE ATNA XML).")
+    ] = "jsonl",
+    since_index: Annotated[int, typer.Option(min=0, help="First ledger index to send (resume).")] = 0,
+    ca_file: Annotated[Path | None, typer.Option(help="CA of the syslog collector (TLS).")] = None,
+    client_cert: Annotated[Path | None, typer.Option(help="Client certificate for mutual TLS.")] = None,
+    client_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Send ledger events to a SIEM: IHE ATNA over syslog (RFC 5424 over TLS, RFC 5425), or JSON Lines."""
+    from medvault.ledger.export import export_ledger
+
+    if fmt not in ("jsonl", "atna"):
+        raise ConfigError("--format is jsonl or atna")
+    opened = open_for_cli(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        total = max(opened.ledger.size - since_index, 0)
+        with Progress(
+            TextColumn("[bold]exporting"), BarColumn(), MofNCompleteColumn(), console=err
+        ) as progress:
+            task = progress.add_task("export", total=total)
+            result = export_ledger(
+                opened,
+                fmt="atna" if fmt == "atna" else "jsonl",
+                destination=to,
+                since_index=since_index,
+                ca_file=ca_file,
+                client_cert=client_cert,
+                client_key=client_key,
+                progress=lambda n: progress.advance(task, n),
+                actor=cli_actor(),
+            )
+    finally:
+        opened.close()
+    err.print(f"{result.count} events exported; resume with --since-index {result.next_index}")
+
+
+@app.command("key")
+def ledger_key(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
+    """Print the note verifier key auditors use to check checkpoints offline."""
+    user_action(home, passphrase_file, lambda o: o.ledger.verifier_key_text())
+
+
+@app.command("checkpoint")
+def ledger_checkpoint(
+    home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None
+) -> None:
+    """Sign and print a checkpoint for the current log (keep it: `verify --trusted-checkpoint`)."""
+    opened = open_for_cli(home, passphrase_file)
+    try:
+        opened.ledger.flush()
+        sys.stdout.write(opened.ledger.checkpoint().decode())
+    finally:
+        opened.close()
