@@ -23,12 +23,22 @@ from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
 from medvault.dicom.matching import Criterion
 from medvault.dicom.parse import ParsedInstance, parse_instance
-from medvault.errors import Conflict, IntegrityError, MedvaultError, NotFound, StudyMismatch, TooLarge
+from medvault.errors import (
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    MedvaultError,
+    NotFound,
+    StudyMismatch,
+    TooLarge,
+)
 from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance, StudyFacts
 from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.storage.base import BlobStore
 
 Json = dict[str, Any]
+#: The writer's policy check: may this subject store into the study these facts describe?
+StoreCheck = Callable[[StudyFacts], bool]
 StoreStatus = Literal["stored", "already_present", "failed"]
 
 DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
@@ -121,90 +131,41 @@ class Archive:
         return self.store_batch([data], study_uid=study_uid)[0]
 
     def store_batch(
-        self, items: Sequence[bytes], *, study_uid: str | None = None, actor: Actor | None = None
+        self,
+        items: Sequence[bytes],
+        *,
+        study_uid: str | None = None,
+        actor: Actor | None = None,
+        may_store: StoreCheck | None = None,
     ) -> list[StoreOutcome]:
-        """Store instances; each gets its own outcome. Successful ones are indexed in one commit.
+        """Store instances; each gets its own outcome (see :class:`StoreSession`)."""
+        session = self.begin_store(study_uid=study_uid, actor=actor, may_store=may_store)
+        try:
+            for data in items:
+                session.add(data)
+        except BaseException:
+            session.abort()
+            raise
+        return session.finish()
 
-        Nothing is half-stored: an instance is either fully indexed (its ciphertext present) or
-        its ciphertext is removed again. Encrypting and writing objects runs on a small thread
-        pool (AES, SHA-256 and fsync release the GIL) while the next instance is parsed.
+    def begin_store(
+        self,
+        *,
+        study_uid: str | None = None,
+        actor: Actor | None = None,
+        may_store: StoreCheck | None = None,
+    ) -> StoreSession:
+        """The one write pipeline (STOW-RS, C-STORE, import): instances are added one at a time as
+        they arrive, and the session encrypts, writes and indexes them in groups.
+
+        ``may_store`` is the writer's policy check (:func:`medvault.guard.store_check`): it sees the
+        target study's facts (the stored study's, or those the instance would create) and says
+        whether this subject may write there. ``None`` is for callers that hold the home's
+        passphrase (``medvault import``), who may write anything.
         """
         if self._refresh_keys is not None:
             self._refresh_keys()
-        outcomes: list[StoreOutcome | None] = [None] * len(items)
-        parsed_items: list[tuple[int, ParsedInstance, bytes]] = []
-        seen: dict[str, bytes] = {}
-        for pos, data in enumerate(items):
-            try:
-                parsed = self._parse(data)
-            except MedvaultError as exc:
-                outcomes[pos] = StoreOutcome("failed", error=exc)
-                continue
-            if study_uid is not None and parsed.study_instance_uid != study_uid:
-                outcomes[pos] = self._failed(
-                    parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")
-                )
-                continue
-            digest = hashlib.sha256(data).digest()
-            uid = parsed.sop_instance_uid
-            earlier = seen.get(uid)
-            if earlier is not None:
-                outcomes[pos] = (
-                    self._stored(parsed, "already_present")
-                    if earlier == digest
-                    else self._failed(
-                        parsed, Conflict(f"SOP instance {uid} appears twice with different content")
-                    )
-                )
-                continue
-            seen[uid] = digest
-            parsed_items.append((pos, parsed, digest))
-
-        existing = self.index.stored_digests([p.sop_instance_uid for _, p, _ in parsed_items])
-        pending: list[tuple[int, _Prepared, Future[None]]] = []
-        for pos, parsed, digest in parsed_items:
-            known = existing.get(parsed.sop_instance_uid)
-            if known is not None:
-                outcomes[pos] = (
-                    self._stored(parsed, "already_present")
-                    if known == digest
-                    else self._failed(parsed, _conflict_with_stored(parsed.sop_instance_uid))
-                )
-                continue
-            prepared = self._prepare(items[pos], parsed, digest)
-            pending.append((pos, prepared, self._writer.submit(self._encrypt_and_put, items[pos], prepared)))
-
-        ready: list[tuple[int, _Prepared]] = []
-        for pos, prepared, future in pending:
-            try:
-                future.result()
-                ready.append((pos, prepared))
-            except MedvaultError as exc:
-                outcomes[pos] = self._failed(prepared.parsed, exc)
-        if ready:
-            try:
-                self.blobs.sync()  # objects durable before the index acknowledges them
-                self.index.add_instances([p.entry for _, p in ready])
-                for pos, p in ready:
-                    outcomes[pos] = self._stored(p.parsed)
-            except Conflict:
-                # A concurrent writer stored one of them first: index one by one to sort it out.
-                for pos, p in ready:
-                    outcomes[pos] = self._index_one(p)
-            except BaseException:
-                for _, p in ready:
-                    self.blobs.delete(p.entry.blob_key)
-                raise
-        final = [
-            o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed"))
-            for o in outcomes
-        ]
-        if self.audit is not None:
-            entries = {p.entry.sop_uid: p.entry for _, p in ready}
-            self.audit.emit_many(
-                [self._store_event(o, entries, actor) for o in final if o.status != "already_present"]
-            )
-        return final
+        return StoreSession(self, study_uid=study_uid, actor=actor, may_store=may_store)
 
     def _store_event(
         self, outcome: StoreOutcome, entries: dict[str, NewInstance], actor: Actor | None
@@ -261,10 +222,11 @@ class Archive:
         try:
             self.index.add_instances([p.entry])
             return self._stored(p.parsed)
-        except Conflict as exc:
+        except (Conflict, StudyMismatch) as exc:
             self.blobs.delete(p.entry.blob_key)
-            known = self.index.stored_digests([p.parsed.sop_instance_uid]).get(p.parsed.sop_instance_uid)
-            if known == p.entry.sha256:
+            uid = p.parsed.sop_instance_uid
+            known = self.index.stored_instances([uid]).get(uid)
+            if known is not None and known == (p.entry.sha256, p.entry.study_uid):
                 return self._stored(p.parsed, "already_present")
             return self._failed(p.parsed, exc)
 
@@ -497,3 +459,249 @@ class Archive:
                 if progress is not None:
                     progress(len(batch))
         return total
+
+
+# Group commit: parsed instances are deduplicated and submitted for writing in groups, and written
+# ones are indexed (one transaction, one ledger batch) in groups. The bytes thresholds bound what a
+# session holds: a request's memory is a few of these plus its largest instance, however large the
+# request (issue #12).
+_GROUP_INSTANCES = 64
+_GROUP_BYTES = 32 * 1024**2
+_INFLIGHT_BYTES = 64 * 1024**2  # plaintext handed to the writer threads and not yet written
+
+
+class StoreSession:
+    """One write: instances go in with :meth:`add` and come out as outcomes from :meth:`finish`.
+
+    Nothing is half-stored: an instance is indexed only once its ciphertext is durable, and the
+    ciphertext of every instance that does not get indexed is removed again (:meth:`abort` on a
+    failed request). Instances are indexed (and ledgered) in groups as the session goes, so a long
+    request that breaks off keeps the groups committed before the break; each has its outcome.
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        study_uid: str | None,
+        actor: Actor | None,
+        may_store: StoreCheck | None,
+    ) -> None:
+        self._archive = archive
+        self._study_uid = study_uid
+        self._actor = actor
+        self._may_store = may_store
+        self._outcomes: list[StoreOutcome | None] = []
+        self._seen: dict[str, bytes] = {}  # SOP UID -> SHA-256, within this session
+        self._studies: dict[str, StudyFacts | None] = {}  # study UID -> stored facts (None: new)
+        self._allowed: dict[StudyFacts, bool] = {}  # the writer's decision per target study
+        self._new_studies: dict[str, str | None] = {}  # study UID -> patient, for studies not stored
+        self._parsed: list[tuple[int, ParsedInstance, bytes, bytes]] = []  # pos, parsed, digest, data
+        self._parsed_bytes = 0
+        self._inflight: list[tuple[int, _Prepared, Future[None], int]] = []
+        self._inflight_bytes = 0
+        self._written: list[tuple[int, _Prepared]] = []
+        self._unlogged: list[StoreOutcome] = []
+        self._entries: dict[str, NewInstance] = {}
+        self._closed = False
+
+    @property
+    def count(self) -> int:
+        return len(self._outcomes)
+
+    def add(self, data: bytes) -> None:
+        """Take the next instance (its outcome is the next in :meth:`finish`'s list). Blocks while
+        the writer threads are behind (back-pressure on the sender)."""
+        pos = len(self._outcomes)
+        self._outcomes.append(None)
+        outcome = self._check(pos, data)
+        if outcome is not None:
+            self._settle(pos, outcome)
+        if len(self._parsed) >= _GROUP_INSTANCES or self._parsed_bytes >= _GROUP_BYTES:
+            self._submit()
+        if len(self._written) >= _GROUP_INSTANCES:
+            self._index()
+
+    def refuse(self, error: MedvaultError) -> None:
+        """Count a part that is not an instance at all (e.g. of another media type) as failed."""
+        self._outcomes.append(None)
+        self._settle(len(self._outcomes) - 1, StoreOutcome("failed", error=error))
+
+    def finish(self) -> list[StoreOutcome]:
+        """Write and index what is left; the outcome of every instance, in the order added."""
+        self._submit()
+        self._drain(0)
+        self._index()
+        self._closed = True
+        return [
+            o if o is not None else StoreOutcome("failed", error=MedvaultError("not processed"))
+            for o in self._outcomes
+        ]
+
+    def abort(self) -> None:
+        """Give up: remove what was written and not indexed (indexed groups stay, ledgered)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, prepared, future, _ in self._inflight:
+            try:
+                future.result()
+            except Exception:  # noqa: S112 - it is being removed either way
+                continue
+            finally:
+                self._archive.blobs.delete(prepared.entry.blob_key)
+        for _, prepared in self._written:
+            self._archive.blobs.delete(prepared.entry.blob_key)
+        self._inflight, self._written, self._parsed = [], [], []
+        self._log()
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def _check(self, pos: int, data: bytes) -> StoreOutcome | None:
+        """Parse and decide an instance; an outcome when it is settled already, else None (queued)."""
+        archive = self._archive
+        try:
+            parsed = archive._parse(data)
+        except MedvaultError as exc:
+            return StoreOutcome("failed", error=exc)
+        if self._study_uid is not None and parsed.study_instance_uid != self._study_uid:
+            return archive._failed(
+                parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")
+            )
+        digest = hashlib.sha256(data).digest()
+        uid = parsed.sop_instance_uid
+        earlier = self._seen.get(uid)
+        if earlier is not None:
+            if earlier == digest:
+                return archive._stored(parsed, "already_present")
+            return archive._failed(
+                parsed, Conflict(f"SOP instance {uid} appears twice with different content")
+            )
+        refusal = self._placement(parsed)
+        if refusal is not None:
+            return archive._failed(parsed, refusal)
+        self._seen[uid] = digest
+        self._parsed.append((pos, parsed, digest, data))
+        self._parsed_bytes += len(data)
+        return None
+
+    def _placement(self, parsed: ParsedInstance) -> MedvaultError | None:
+        """May this writer put this instance into its study, and does it belong there? The same
+        refusal for every out-of-scope case, so that it tells nothing about what exists."""
+        study_uid = parsed.study_instance_uid
+        index = self._archive.index
+        if study_uid not in self._studies:
+            found = index.study_facts(study_uid=study_uid)
+            self._studies[study_uid] = next(iter(found.values())) if found else None
+        stored = self._studies[study_uid]
+        own = index.facts_for_new(parsed.metadata)
+        target = stored or own
+        if self._may_store is not None:
+            allowed = self._allowed.get(target)
+            if allowed is None:
+                allowed = self._allowed[target] = self._may_store(target)
+            if not allowed:
+                return _OUT_OF_SCOPE
+        expected = (
+            stored.patient if stored is not None else self._new_studies.setdefault(study_uid, own.patient)
+        )
+        if expected != own.patient:
+            return StudyMismatch(
+                "the instance's PatientID differs from that of the study with its StudyInstanceUID; "
+                "it was not stored",
+                hint="Check the sending application's patient matching, or give the study a new UID.",
+            )
+        return None
+
+    def _submit(self) -> None:
+        """Deduplicate the queued instances against the index and hand the new ones to the writers."""
+        if not self._parsed:
+            return
+        archive = self._archive
+        queued, self._parsed, self._parsed_bytes = self._parsed, [], 0
+        existing = archive.index.stored_instances([p.sop_instance_uid for _, p, _, _ in queued])
+        for pos, parsed, digest, data in queued:
+            known = existing.get(parsed.sop_instance_uid)
+            if known is not None:
+                self._settle(pos, self._duplicate(parsed, digest, known))
+                continue
+            prepared = archive._prepare(data, parsed, digest)
+            future = archive._writer.submit(archive._encrypt_and_put, data, prepared)
+            self._inflight.append((pos, prepared, future, len(data)))
+            self._inflight_bytes += len(data)
+            self._drain(_INFLIGHT_BYTES)
+
+    def _duplicate(self, parsed: ParsedInstance, digest: bytes, known: tuple[bytes, str]) -> StoreOutcome:
+        """An SOP instance that is stored already: unchanged (fine), changed (a conflict), or in a
+        study this writer may not touch (refused exactly as any other out-of-scope write)."""
+        stored_digest, stored_study = known
+        archive = self._archive
+        if self._may_store is not None and stored_study != parsed.study_instance_uid:
+            facts = archive.index.study_facts(study_uid=stored_study)
+            if not facts or not self._may_store(next(iter(facts.values()))):
+                return archive._failed(parsed, _OUT_OF_SCOPE)
+        if stored_study != parsed.study_instance_uid:
+            return archive._failed(
+                parsed, Conflict(f"SOP instance {parsed.sop_instance_uid} is stored in another study")
+            )
+        if stored_digest == digest:
+            return archive._stored(parsed, "already_present")
+        return archive._failed(parsed, _conflict_with_stored(parsed.sop_instance_uid))
+
+    def _drain(self, limit: int) -> None:
+        """Wait for the oldest writes until at most ``limit`` bytes are in flight."""
+        while self._inflight and self._inflight_bytes > limit:
+            pos, prepared, future, size = self._inflight.pop(0)
+            self._inflight_bytes -= size
+            try:
+                future.result()
+            except MedvaultError as exc:
+                self._settle(pos, self._archive._failed(prepared.parsed, exc))
+                continue
+            self._written.append((pos, prepared))
+
+    def _index(self) -> None:
+        """Index the written instances in one transaction, once their objects are durable."""
+        if not self._written:
+            self._log()
+            return
+        archive = self._archive
+        ready, self._written = self._written, []
+        try:
+            archive.blobs.sync()  # objects durable before the index acknowledges them
+            archive.index.add_instances([p.entry for _, p in ready])
+            results = [(pos, archive._stored(p.parsed)) for pos, p in ready]
+        except (Conflict, StudyMismatch):
+            # A concurrent writer stored one of them first: index one by one to sort it out.
+            results = [(pos, archive._index_one(p)) for pos, p in ready]
+        except BaseException:
+            for _, p in ready:
+                archive.blobs.delete(p.entry.blob_key)
+            raise
+        for _, p in ready:
+            self._entries[p.entry.sop_uid] = p.entry
+        for pos, outcome in results:
+            self._settle(pos, outcome)
+        self._log()
+        for _, p in ready:
+            self._entries.pop(p.entry.sop_uid, None)
+
+    def _settle(self, pos: int, outcome: StoreOutcome) -> None:
+        self._outcomes[pos] = outcome
+        if outcome.status != "already_present":
+            self._unlogged.append(outcome)
+
+    def _log(self) -> None:
+        """Ledger the settled outcomes (durably: stores are not group-committed reads)."""
+        archive = self._archive
+        if archive.audit is not None and self._unlogged:
+            archive.audit.emit_many(
+                [archive._store_event(o, self._entries, self._actor) for o in self._unlogged]
+            )
+        self._unlogged = []
+
+
+_OUT_OF_SCOPE = Forbidden(
+    "not permitted: storing into this study, or for this patient, is outside the writer's scope",
+    hint="An administrator can grant the patient, study or department (`medvault users grant`).",
+)

@@ -16,7 +16,7 @@ they name attributes, UIDs and sizes, never patient values.
     ├── NotFound                404
     ├── NotAcceptable           406  (no representation the client accepts)
     ├── Unauthenticated         401
-    ├── Forbidden               403
+    ├── Forbidden               403  0x0124  (refused: not authorized)
     ├── IntegrityError          500  0x0110  (stored bytes failed verification; never served)
     ├── KeyringError            —    the keyring cannot be opened
     │   └── WrongPassphrase
@@ -91,6 +91,7 @@ class Unauthenticated(MedvaultError):
 
 class Forbidden(MedvaultError):
     http_status = 403
+    failure_reason = 0x0124  # Refused: Not authorized (PS3.7 C.5.x)
 
 
 class IntegrityError(MedvaultError):

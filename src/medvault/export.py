@@ -44,12 +44,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import dcmwrite
 
-from medvault.api import multipart as mp
-from medvault.api.qido import parse_query
 from medvault.archive import Archive
 from medvault.audit import SYSTEM
 from medvault.crypto.fields import FieldCipher
+from medvault.dicom import multipart as mp
 from medvault.dicom.deid import DeidConfig, Deidentifier, PixelMaskRule, ReidentificationMap
+from medvault.dicom.query import parse_query
 from medvault.errors import ConfigError, IntegrityError, InvalidInput, MedvaultError, StorageError, TooLarge
 from medvault.home import OpenHome
 from medvault.index.reid import ReidMapStore, map_to_json

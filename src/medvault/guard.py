@@ -14,6 +14,8 @@ from medvault.access.policy import Action, Context, Decision, DecisionPoint, Pri
 from medvault.errors import NotFound
 from medvault.index.store import Index, StudyFacts
 
+StoreCheck = Callable[[StudyFacts], bool]
+
 MISSING_STUDY = "no such study"
 
 
@@ -52,6 +54,17 @@ class Guard:
             missing=MISSING_STUDY,
         )
         return fact
+
+    def store_check(self, principal: Principal | None, *, client: str | None = None) -> StoreCheck:
+        """The writer's check for :meth:`medvault.archive.Archive.begin_store`: may this subject
+        store into the study these facts describe (a stored study, or the one an instance would
+        create)? Writes pass the same scope rules as reads; each decision is recorded."""
+        context = self._context(client)
+
+        def check(facts: StudyFacts) -> bool:
+            return self.pdp.decide(principal, Action.STUDY_STORE, resource_of(facts), context).allowed
+
+        return check
 
     def visible(
         self, principal: Principal | None, action: Action, *, client: str | None = None

@@ -35,8 +35,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from medvault.api.qido import parse_query
 from medvault.crypto.tls import create_ca, issue_client_certificate
+from medvault.dicom.query import parse_query
 from medvault.dimse import (
     DimseAuditEvent,
     DimseServer,
@@ -251,6 +251,9 @@ def test_dcmtk_refused(env: Env, who: str, tls: bool, reason: str) -> None:
         args = env.tls_args(who)
     r = run(["/usr/bin/storescu", *args, "127.0.0.1", str(env.port), str(extra[0])])
     assert r.returncode != 0
+    if who == "wrong_ae":  # as docs/dimse.md says: an A-ASSOCIATE-RJ, not an abort
+        said = (r.stdout + r.stderr).lower()
+        assert "association rejected" in said and "calling ae title not recognized" in said, said
     assert stored_uids(env) == before
     refusals = [e for e in env.events_since(mark) if e.outcome in ("refused", "denied")]
     assert refusals, env.events[mark:]

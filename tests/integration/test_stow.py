@@ -53,7 +53,7 @@ def make_dataset(*, study: str | None = None, pixels: int = 16, seed: int = 0) -
     ds.StudyInstanceUID = study or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName = "Secret^Person"
-    ds.PatientID = "STOW-" + ds.SOPInstanceUID[-8:]
+    ds.PatientID = "STOW-" + ds.StudyInstanceUID[-8:]  # one patient per study
     ds.StudyDate = "20240102"
     ds.Modality = "OT"
     ds.InstanceNumber = 1

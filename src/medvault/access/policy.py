@@ -21,6 +21,9 @@ The order of the rules (the first that denies wins):
    :data:`MIN_BREAK_GLASS_REASON` characters and carries the obligation ``audit:break-glass``;
    reads through a session carry the same obligation.
 
+Writes are scoped like reads: ``study.store`` with a resource asks about the stored study an
+instance goes into, or the study it would create (its patient, department, referring physician).
+
 Without a resource the decision is a *capability* check (rules 1-5): may this subject read
 studies at all? Per-study answers (QIDO result filtering, WADO, delete) must pass the resource.
 """
@@ -106,7 +109,7 @@ PHI_ACTIONS: Final = frozenset(
 )
 #: Actions checked against the subject's scope when a resource is given.
 SCOPED_ACTIONS: Final = frozenset(
-    {Action.STUDY_READ, Action.STUDY_DELETE, Action.DEID_EXPORT, Action.DEID_READ}
+    {Action.STUDY_READ, Action.STUDY_STORE, Action.STUDY_DELETE, Action.DEID_EXPORT, Action.DEID_READ}
 )
 MIN_BREAK_GLASS_REASON: Final = 10
 OBLIGATION_BREAK_GLASS: Final = "audit:break-glass"

@@ -6,8 +6,6 @@ Bodies are `application/x-www-form-urlencoded` (as OAuth 2.0 clients send them) 
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
@@ -22,8 +20,9 @@ from medvault.api.auth import (
     client_address,
     csrf_token_for,
 )
+from medvault.api.bodies import read_pairs
 from medvault.archive import Archive
-from medvault.errors import InvalidInput, MedvaultError, UnsupportedMedia
+from medvault.errors import InvalidInput, MedvaultError
 from medvault.index.users import User, UserStore
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, Outcome
 
@@ -32,25 +31,13 @@ MAX_FORM_BYTES = 16 * 1024
 
 
 async def read_fields(request: Request) -> dict[str, str]:
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise InvalidInput("the form is too large")
-    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise InvalidInput("the body is not valid JSON") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise InvalidInput("the body must be a JSON object of strings")
-        return {str(k): v for k, v in data.items()}
-    if content_type in ("application/x-www-form-urlencoded", ""):
-        try:
-            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            raise InvalidInput("the form is not UTF-8") from None
-        return dict(pairs)
-    raise UnsupportedMedia("send application/x-www-form-urlencoded or application/json")
+    """A sign-in or admin form: URL-encoded or a JSON object of strings, at most 16 KiB."""
+    kind, data = await read_pairs(request, MAX_FORM_BYTES)
+    if kind == "form":
+        return dict(data)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise InvalidInput("the body must be a JSON object of strings")
+    return {str(k): v for k, v in data.items()}
 
 
 def _required(fields: dict[str, str], *names: str) -> list[str]:

@@ -7,6 +7,7 @@ build the same thing from explicit parts.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from medvault.api.admin import router as admin_router
 from medvault.api.auth import BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
 from medvault.api.ledger import router as ledger_router
+from medvault.api.limits import BodyLimits
 from medvault.api.research import router as research_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
@@ -81,7 +83,8 @@ class HeadersAndAccessLog:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:
-            error_log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
+            method, path = loggable(scope["method"]), loggable(scope["path"])
+            error_log.error("unhandled %s on %s %s", type(exc).__name__, method, path)
             if status:
                 # The response already started (a stream failed midway): return without completing
                 # it, so the server closes the connection; re-raising would have it log the traceback.
@@ -91,7 +94,26 @@ class HeadersAndAccessLog:
             )
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed_ms)
+            access_log.info(
+                "%s %s %d %.1fms", loggable(scope["method"]), loggable(scope["path"]), status, elapsed_ms
+            )
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029]")
+_MAX_LOGGED = 512
+
+
+def loggable(text: str) -> str:
+    """``text`` safe for a one-line log record: control characters (CR, LF, NUL, C1, line and
+    paragraph separators) and backslashes escaped as ``\\xNN`` / ``\\uNNNN``, so a request cannot
+    forge log lines; cut at 512 characters."""
+
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    cut = text[:_MAX_LOGGED]
+    return _UNPRINTABLE.sub(escape, cut) + ("…" if len(text) > _MAX_LOGGED else "")
 
 
 def _error_response(exc: MedvaultError) -> JSONResponse:
@@ -140,6 +162,10 @@ def create_app(
         names = sorted({".".join(str(p) for p in err.get("loc", ())[1:]) for err in exc.errors()})
         return JSONResponse({"error": f"invalid parameter: {', '.join(names)}"}, status_code=400)
 
+    async def respond(error: MedvaultError, scope: Scope, receive: Receive, send: Send) -> None:
+        await _error_response(error)(scope, receive, send)
+
+    app.add_middleware(BodyLimits, stow_bytes=server.max_request_bytes, respond=respond)
     app.add_middleware(HeadersAndAccessLog, hsts=not server.plain_http)
 
     if server.cors_origins:

@@ -18,7 +18,6 @@ from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
 
 from medvault.access.policy import Action, Principal
-from medvault.api import multipart as mp
 from medvault.api.auth import CanDelete, CanRead, CanStore, client_address
 from medvault.api.negotiation import (
     ANY_SYNTAX,
@@ -27,10 +26,12 @@ from medvault.api.negotiation import (
     negotiate_frames,
     negotiate_rendered,
 )
-from medvault.api.qido import parse_query, shape_results
-from medvault.archive import Archive, StoreOutcome
+from medvault.api.qido import shape_results
+from medvault.archive import Archive, StoreOutcome, StoreSession
 from medvault.audit import actor_of
+from medvault.dicom import multipart as mp
 from medvault.dicom.dicomjson import json_to_dataset, with_bulk_data_base
+from medvault.dicom.query import parse_query
 from medvault.dicom.render import render_frame, uncompressed_frame
 from medvault.dicom.transcode import transcode_to_explicit_little_endian
 from medvault.errors import (
@@ -84,21 +85,6 @@ def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] 
 # -- STOW-RS ---------------------------------------------------------------------------------------
 
 
-async def _read_body(request: Request) -> bytes:
-    limit: int = request.app.state.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body exceeds the limit of {limit} bytes")
-    return b"".join(chunks)  # one allocation and one copy (a growing bytearray copies repeatedly)
-
-
 def _ref_item(o: StoreOutcome) -> Json:
     item: Json = {}
     if o.sop_class_uid:
@@ -108,46 +94,80 @@ def _ref_item(o: StoreOutcome) -> Json:
     return item
 
 
+def _add_parts(session: StoreSession, parts: Sequence[mp.Part], first: int, limit: int) -> None:
+    """Hand complete parts to the write pipeline (on a worker thread: parsing and hashing are CPU)."""
+    for number, part in enumerate(parts, start=first):
+        part_type = part.content_type
+        if part.oversized:
+            session.refuse(
+                TooLarge(
+                    f"part {number} is {part.length} bytes, over the instance limit of {limit} bytes",
+                    hint="Raise [server] max_instance_bytes in medvault.toml if such objects are expected.",
+                )
+            )
+        elif part_type is not None and mp.parse_media_type(part_type).type != "application/dicom":
+            session.refuse(UnsupportedMedia(f"part {number} is {part_type}, not application/dicom"))
+        else:
+            session.add(part.body)
+
+
+_WARNINGS_SHOWN = 3  # failures named in the Warning header; every one is in the body
+
+
+def _warning_header(failures: list[tuple[int, MedvaultError]]) -> str:
+    """A short Warning header (RFC 9111 §5.5 form): the first few failures and a count; each
+    failure's reason is in the body (FailedSOPSequence items, ErrorComment)."""
+    shown = [
+        f'299 medvault "part {pos}: {error.message[:200]}"' for pos, error in failures[:_WARNINGS_SHOWN]
+    ]
+    if len(failures) > _WARNINGS_SHOWN:
+        shown.append(
+            f'299 medvault "{len(failures) - _WARNINGS_SHOWN} more parts failed; see FailedSOPSequence"'
+        )
+    return ", ".join(w.replace("\r", " ").replace("\n", " ") for w in shown)
+
+
 async def _stow(request: Request, archive: Archive, who: Principal, study_uid: str | None) -> Response:
     content_type = request.headers.get("content-type")
     if not content_type:
         raise UnsupportedMedia(
             'Content-Type is required: multipart/related; type="application/dicom"; boundary=…'
         )
-    boundary = mp.boundary_of(content_type)
-    parts = mp.parse_multipart(await _read_body(request), boundary)
-    outcomes: list[StoreOutcome | None] = [None] * len(parts)
-    dicom_positions: list[int] = []
-    for pos, part in enumerate(parts):
-        part_type = part.content_type
-        if part_type is not None and mp.parse_media_type(part_type).type != "application/dicom":
-            outcomes[pos] = StoreOutcome(
-                "failed", error=UnsupportedMedia(f"part {pos + 1} is {part_type}, not application/dicom")
-            )
-        else:
-            dicom_positions.append(pos)
-    stored = await run_in_threadpool(
-        lambda: archive.store_batch(
-            [parts[p].body for p in dicom_positions],
-            study_uid=study_uid,
-            actor=actor_of(who, client_address(request)),
-        )
+    reader = mp.MultipartReader(mp.boundary_of(content_type), max_part_bytes=archive.max_instance_bytes)
+    guard: Guard = request.app.state.guard
+    client = client_address(request)
+    session = await run_in_threadpool(
+        archive.begin_store,
+        study_uid=study_uid,
+        actor=actor_of(who, client),
+        may_store=guard.store_check(who, client=client),
     )
-    for pos, outcome in zip(dicom_positions, stored, strict=True):
-        outcomes[pos] = outcome
-    final = [o for o in outcomes if o is not None]
+    try:
+        # The body is read as it arrives (the size limit is BodyLimits'); each part is stored
+        # when its closing delimiter has arrived, so a request holds about one instance at a time.
+        async for chunk in request.stream():
+            parts = reader.feed(chunk)
+            if parts:
+                first = reader.parts_read - len(parts) + 1
+                await run_in_threadpool(_add_parts, session, parts, first, archive.max_instance_bytes)
+        reader.close()
+        final = await run_in_threadpool(session.finish)
+    except BaseException:
+        await run_in_threadpool(session.abort)
+        raise
 
     root = base_url(request)
-    referenced, failed, warnings = [], [], []
-    for pos, o in enumerate(final):
+    referenced, failed = [], []
+    failures: list[tuple[int, MedvaultError]] = []
+    for pos, o in enumerate(final, start=1):
+        item = _ref_item(o)
         if o.status == "failed":
-            item = _ref_item(o)
             error = o.error or MedvaultError("failed")
             item["00081197"] = {"vr": "US", "Value": [error.failure_reason]}
+            item["00000902"] = {"vr": "LO", "Value": [f"part {pos}: {error.message}"[:64]]}
             failed.append(item)
-            warnings.append(f'299 medvault "part {pos + 1}: {error.message}"')
+            failures.append((pos, error))
         else:
-            item = _ref_item(o)
             item["00081190"] = {
                 "vr": "UR",
                 "Value": [
@@ -170,13 +190,9 @@ async def _stow(request: Request, archive: Archive, who: Principal, study_uid: s
     elif referenced:
         status = 202
     else:
-        codes = {(o.error.http_status if o.error else 409) for o in final}
+        codes = {error.http_status for _, error in failures}
         status = codes.pop() if len(codes) == 1 else 409
-    headers = (
-        {"Warning": ", ".join(w.replace("\r", " ").replace("\n", " ") for w in warnings)}
-        if warnings
-        else None
-    )
+    headers = {"Warning": _warning_header(failures)} if failures else None
     return json_response(payload, status, headers)
 
 
@@ -391,13 +407,23 @@ def instance_metadata(
 # -- WADO-RS: frames, bulk data, rendered ----------------------------------------------------------
 
 
+MAX_FRAME_DIGITS = 9
+
+
 def _frame_numbers(raw: str) -> list[int]:
-    numbers = []
+    """A frame list (PS3.18 §8.3.3.1.3): positive integers, each at most once (a list that repeats
+    frames would make one request serve an instance many times over)."""
+    numbers: list[int] = []
+    seen: set[int] = set()
     for item in raw.split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or len(item) > MAX_FRAME_DIGITS or int(item) < 1:
             raise InvalidInput("frame numbers are a comma-separated list of positive integers")
-        numbers.append(int(item))
+        number = int(item)
+        if number in seen:
+            raise InvalidInput(f"frame {number} is listed more than once")
+        seen.add(number)
+        numbers.append(number)
     return numbers
 
 
@@ -415,17 +441,34 @@ def retrieve_frames(
     if not record.frames:
         raise NotFound("the instance has no pixel data frames")
     choice = negotiate_frames(request.headers.get("accept"), record.transfer_syntax)
-    raw = archive.read_frames(record, numbers)
-    if not choice.as_stored:
-        ds = _metadata_dataset(archive, record)
-        raw = [uncompressed_frame(ds, f, record.transfer_syntax) for f in raw]
-        syntax = EXPLICIT_VR_LE
-    else:
-        syntax = record.transfer_syntax
+    for n in numbers:
+        if n > len(record.frames):
+            raise NotFound(f"frame {n} does not exist (the instance has {len(record.frames)})")
+    syntax = record.transfer_syntax if choice.as_stored else EXPLICIT_VR_LE
+    dataset = None if choice.as_stored else _metadata_dataset(archive, record)
     boundary = mp.new_boundary()
     part_type = f"{choice.media_type}; transfer-syntax={syntax}"
-    body = mp.encode_multipart(boundary, [(part_type, f) for f in raw])
-    return Response(body, media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}')
+
+    def read_batch(batch: Sequence[int]) -> bytes:
+        frames = archive.read_frames(record, batch)
+        if dataset is not None:
+            frames = [uncompressed_frame(dataset, f, record.transfer_syntax) for f in frames]
+        return b"".join(mp.encode_part(boundary, part_type, f) for f in frames)
+
+    # The first frame before answering (a damaged object is a clean error), then a few MB of
+    # frames per trip to a worker thread: memory stays bounded however many frames are asked for.
+    first = read_batch(numbers[:1])
+    per_batch = max(1, _BATCH_BYTES // max(1, record.size // max(1, len(record.frames))))
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield first
+        for start in range(1, len(numbers), per_batch):
+            yield await anyio.to_thread.run_sync(read_batch, numbers[start : start + per_batch])
+        yield mp.closing(boundary)
+
+    return StreamingResponse(
+        stream(), media_type=f'multipart/related; type="{choice.media_type}"; boundary={boundary}'
+    )
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID
 
-from medvault.api.multipart import MediaType, split_accept
+from medvault.dicom.multipart import MediaType, split_accept
 from medvault.errors import NotAcceptable
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"

@@ -2,65 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from medvault.dicom.dicomjson import DEFAULT_RETURN_TAGS
-from medvault.dicom.matching import Criterion, MatchKind, parse_criterion, resolve_attribute
+from medvault.dicom.matching import MatchKind, resolve_attribute
+from medvault.dicom.query import QidoQuery
 from medvault.errors import InvalidInput
 from medvault.index.store import Hit, Index, Level
 
 Json = dict[str, Any]
-MAX_LIMIT = 10_000
-_CONTROL_PARAMS = {"includefield", "limit", "offset", "fuzzymatching"}
 _LEVEL_UIDS = {"study": "0020000D", "series": "0020000E", "instance": "00080018"}
-
-
-@dataclass(frozen=True)
-class QidoQuery:
-    criteria: list[Criterion]
-    include_all: bool
-    include_tags: list[str]
-    offset: int
-    limit: int | None
-
-
-def _int_param(name: str, raw: str) -> int:
-    if not raw.isdigit():
-        raise InvalidInput(f"{name} must be a non-negative integer")
-    return int(raw)
-
-
-def parse_query(params: Sequence[tuple[str, str]]) -> QidoQuery:
-    """Turn query parameters into criteria. Unknown attributes are a 400, not silently ignored."""
-    criteria: list[Criterion] = []
-    include_all, include_tags = False, []
-    offset, limit = 0, None
-    fuzzy = any(k == "fuzzymatching" and v.lower() == "true" for k, v in params)
-    for key, value in params:
-        if key == "includefield":
-            for item in value.split(","):
-                item = item.strip()
-                if item == "all":
-                    include_all = True
-                elif item:
-                    include_tags.append(resolve_attribute(item)[0])
-        elif key == "limit":
-            limit = min(_int_param("limit", value), MAX_LIMIT)
-        elif key == "offset":
-            offset = _int_param("offset", value)
-        elif key == "fuzzymatching":
-            if value.lower() not in ("true", "false"):
-                raise InvalidInput("fuzzymatching must be true or false")
-        elif key in _CONTROL_PARAMS:
-            continue
-        else:
-            tag, vr = resolve_attribute(key)
-            if vr == "SQ":
-                raise InvalidInput(f"sequence matching on {key} is not supported")
-            criteria.append(parse_criterion(tag, vr, value, fuzzy=fuzzy))
-    return QidoQuery(criteria, include_all, include_tags, offset, limit)
 
 
 def shape_results(

@@ -23,8 +23,6 @@ before any work. The state is set by :func:`install` (``app.state.export_source`
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -35,8 +33,9 @@ from starlette.concurrency import run_in_threadpool
 
 from medvault.access.policy import OBLIGATION_DEIDENTIFY, Action, Context, Principal
 from medvault.api.auth import client_address, require
+from medvault.api.bodies import read_pairs
 from medvault.audit import actor_of
-from medvault.errors import ConfigError, IntegrityError, InvalidInput, UnsupportedMedia
+from medvault.errors import ConfigError, IntegrityError, InvalidInput
 from medvault.export import DEFAULT_MAX_EXPORT_BYTES, ExportSource, ExportSummary, ZipSink, export_studies
 from medvault.guard import Guard, resource_of
 from medvault.home import OpenHome
@@ -64,22 +63,8 @@ def install(
 
 
 async def _read_body(request: Request) -> list[tuple[str, str]]:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInput("the request body is too large")
-    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise InvalidInput("the body is not valid JSON") from None
-        return _json_pairs(data)
-    if content_type in ("application/x-www-form-urlencoded", ""):
-        try:
-            return urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError:
-            raise InvalidInput("the form is not UTF-8") from None
-    raise UnsupportedMedia("send application/x-www-form-urlencoded or application/json")
+    kind, data = await read_pairs(request, MAX_BODY_BYTES)
+    return _json_pairs(data) if kind == "json" else list(data)
 
 
 def _json_pairs(data: Any) -> list[tuple[str, str]]:

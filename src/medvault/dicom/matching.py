@@ -53,6 +53,7 @@ __all__ = [
 
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MAX_UID_LIST = 1000
 _DA = re.compile(r"^\d{8}$")
 _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _DT = re.compile(r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$")
@@ -285,6 +286,8 @@ def parse_criterion(tag: str, vr: str, raw: str, *, fuzzy: bool = False) -> Crit
         return Criterion(tag, vr, MatchKind.UNIVERSAL, "", fuzzy=fuzzy)
     if vr == "UI":
         uids = tuple(u.strip(" \x00") for u in value.split("\\"))
+        if len(uids) > MAX_UID_LIST:
+            raise InvalidInput(f"a UID list for attribute {tag} has more than {MAX_UID_LIST} UIDs")
         if any(not _UID.match(u) or len(u) > 64 for u in uids):
             raise InvalidInput(f"malformed UID in query for attribute {tag}")
         if len(uids) > 1:

@@ -149,11 +149,11 @@ class ParsedInstance:
         return ds
 
 
-def is_valid_uid(uid: str, *, strict: bool = False) -> bool:
-    """PS3.5 §9.1 UID syntax: digits and dots, at most 64 characters, no empty component.
-
-    ``strict`` also refuses components with a leading zero (``1.02``); ingest is lenient there
-    because such UIDs occur in the wild and are harmless in paths and keys.
+def is_valid_uid(uid: str, *, strict: bool = True) -> bool:
+    """PS3.5 §9.1 UID syntax: digits and dots, at most 64 characters, no empty component, and no
+    component with a leading zero (``1.02``: "the first digit of each component shall not be zero
+    unless the component is a single digit"). Ingest refuses such UIDs (400 / DIMSE 0xC000), as
+    docs/dicomweb.md says; ``strict=False`` accepts them, for reading queries leniently.
     """
     pattern = _STRICT_UID_RE if strict else _UID_RE
     return 0 < len(uid) <= 64 and pattern.match(uid) is not None

@@ -429,6 +429,9 @@ class DimseServer:
             reason = f"calling AE title {calling!r} is not node {node.name}'s ({node.ae_title!r})"
         if reason is not None:
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
+            # As pynetdicom does after its own rejections: wait until the DUL has sent the
+            # A-ASSOCIATE-RJ, else the socket is shut down first and the peer sees an abort.
+            assoc.kill()
             self._emit(
                 DimseAuditEvent(
                     "dimse.association",

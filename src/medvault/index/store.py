@@ -37,7 +37,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
 from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
-from medvault.errors import Conflict
+from medvault.errors import Conflict, StudyMismatch
 from medvault.index import schema as t
 
 Level = Literal["study", "series", "instance"]
@@ -53,6 +53,7 @@ TAG_STUDY_DATE = "00080020"
 TAG_PATIENT_ID = "00100020"
 TAG_REFERRING = "00080090"
 TAG_DEPARTMENT = "00081040"
+TAG_PATIENT_ID = "00100020"
 _SCAN_BATCH = 500
 
 # The lookups every retrieval makes are built once, with bind parameters: SQLAlchemy then neither
@@ -256,6 +257,34 @@ class Index:
     def _token(self, tag: str, value: str) -> bytes:
         return self._blind.token(tag, normalize_for_exact(dictionary_VR(int(tag, 16)), value))
 
+    def _study_tokens(self, study_doc: Json, department: str | None) -> dict[str, bytes | None]:
+        """The blind-index token columns of a new study row."""
+        tokens: dict[str, bytes | None] = {}
+        for tag, column in t.STUDY_TOKEN_FIELDS.items():
+            text = department if tag == TAG_DEPARTMENT else _first_text(study_doc.get(tag))
+            tokens[column] = self._token(tag, text) if text else None
+        return tokens
+
+    def _patient_token(self, attributes: Json) -> bytes | None:
+        text = _first_text(attributes.get(TAG_PATIENT_ID))
+        return self._token(TAG_PATIENT_ID, text) if text else None
+
+    def facts_for_new(self, metadata: Json) -> StudyFacts:
+        """The facts a study would have if this instance (its DICOM JSON) created it: what the
+        writer's policy check sees for a study that is not stored yet (``study_id`` 0)."""
+
+        def token(tag: str) -> str | None:
+            text = _first_text(metadata.get(tag))
+            return self._token(tag, text).hex() if text else None
+
+        return StudyFacts(
+            study_id=0,
+            study_uid=_first_text(metadata.get("0020000D")) or "",
+            patient=token(TAG_PATIENT_ID),
+            referring=token("00080090"),
+            department=token(TAG_DEPARTMENT),
+        )
+
     # -- writes ----------------------------------------------------------------------------------
 
     def add_instances(self, items: Sequence[NewInstance]) -> None:
@@ -288,20 +317,26 @@ class Index:
         rows: list[dict[str, Any]] = []
         with self._write_lock, self._writer.begin() as conn:
             study_ids: dict[str, int] = {}
+            study_patients: dict[str, bytes | None] = {}
             series_ids: dict[str, int] = {}
             for item in items:
                 study_id = study_ids.get(item.study_uid)
+                patient = self._patient_token(item.study_doc)
+                if study_id is not None and study_patients[item.study_uid] != patient:
+                    raise StudyMismatch("an instance's PatientID differs from that of its study")
                 if study_id is None:
-                    study_id = conn.execute(
-                        select(t.studies.c.id).where(t.studies.c.study_uid == item.study_uid)
-                    ).scalar()
-                    if study_id is None:
-                        tokens = {}
-                        for tag, column in t.STUDY_TOKEN_FIELDS.items():
-                            text = _first_text(item.study_doc.get(tag))
-                            if tag == TAG_DEPARTMENT:
-                                text = item.department
-                            tokens[column] = self._token(tag, text) if text else None
+                    found = conn.execute(
+                        select(t.studies.c.id, t.studies.c.patient_id_tok).where(
+                            t.studies.c.study_uid == item.study_uid
+                        )
+                    ).first()
+                    if found is not None:
+                        study_id = found.id
+                        stored_patient = bytes(found.patient_id_tok) if found.patient_id_tok else None
+                        if stored_patient != patient:
+                            raise StudyMismatch("an instance's PatientID differs from that of its study")
+                    else:
+                        tokens = self._study_tokens(item.study_doc, item.department)
                         study_id = conn.execute(
                             insert(t.studies).values(
                                 study_uid=item.study_uid,
@@ -312,6 +347,7 @@ class Index:
                             )
                         ).inserted_primary_key[0]  # type: ignore[index]
                     study_ids[item.study_uid] = int(study_id)
+                    study_patients[item.study_uid] = patient
                 series_id = series_ids.get(item.series_uid)
                 if series_id is None:
                     row = conn.execute(
@@ -388,17 +424,22 @@ class Index:
         )
 
     def stored_digests(self, sop_uids: Sequence[str]) -> dict[str, bytes]:
-        """SHA-256 of each already stored SOP instance among ``sop_uids`` (one query per 500)."""
-        found: dict[str, bytes] = {}
+        """SHA-256 of each already stored SOP instance among ``sop_uids``."""
+        return {uid: digest for uid, (digest, _study) in self.stored_instances(sop_uids).items()}
+
+    def stored_instances(self, sop_uids: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """(SHA-256, study UID) of each already stored SOP instance among ``sop_uids`` (one query
+        per 500)."""
+        found: dict[str, tuple[bytes, str]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(sop_uids), _SCAN_BATCH):
                 chunk = list(sop_uids[start : start + _SCAN_BATCH])
                 for row in conn.execute(
-                    select(t.instances.c.sop_uid, t.instances.c.sha256).where(
-                        t.instances.c.sop_uid.in_(chunk)
-                    )
+                    select(t.instances.c.sop_uid, t.instances.c.sha256, t.studies.c.study_uid)
+                    .join(t.studies, t.studies.c.id == t.instances.c.study_id)
+                    .where(t.instances.c.sop_uid.in_(chunk))
                 ):
-                    found[row.sop_uid] = bytes(row.sha256)
+                    found[row.sop_uid] = (bytes(row.sha256), row.study_uid)
         return found
 
     def get_instance(self, sop_uid: str) -> InstanceRecord | None:

@@ -265,10 +265,22 @@ def test_no_pixel_data(testfile: FileLoader) -> None:
 
 def test_uid_syntax() -> None:
     assert is_valid_uid("1.2.840.10008.1.2")
-    assert is_valid_uid("1.02.3")
-    assert not is_valid_uid("1.02.3", strict=True)
+    assert not is_valid_uid("1.02.3")  # a leading zero (PS3.5 §9.1)
+    assert is_valid_uid("1.02.3", strict=False)
+    assert is_valid_uid("1.0.3") and is_valid_uid("0")
     assert not is_valid_uid("")
     assert not is_valid_uid("1.2.3a")
+
+
+@pytest.mark.parametrize("keyword", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+def test_a_uid_with_a_leading_zero_is_refused(build: Builder, keyword: str) -> None:
+    """Issue #12, item 10: "1.02.3" is not a UID; the refusal names the attribute."""
+    ds = build()
+    setattr(ds, keyword, "1.02.3")
+    if keyword == "SOPInstanceUID":
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.02.3"
+    with pytest.raises(InvalidInput, match=keyword):
+        parse_instance(to_bytes(ds))
 
 
 def test_parse_is_fast_for_a_512x512_ct(build: Builder) -> None:

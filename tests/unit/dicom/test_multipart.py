@@ -8,8 +8,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from medvault.api.multipart import (
+from medvault.dicom.multipart import (
     MediaType,
+    MultipartReader,
+    Part,
     boundary_of,
     closing,
     encode_multipart,
@@ -249,3 +251,79 @@ def test_new_boundary() -> None:
     for b in seen:
         assert re.fullmatch(r"[0-9A-Za-z'()+_,\-./:=?]{1,70}", b)
         assert boundary_of(f"multipart/related; boundary={b}") == b
+
+
+def _read_in_chunks(body: bytes, boundary: str, cuts: list[int], **kwargs: int) -> list[Part] | str:
+    reader = MultipartReader(boundary, **kwargs)
+    parts: list[Part] = []
+    try:
+        last = 0
+        for cut in sorted(c % (len(body) + 1) for c in cuts):
+            parts += reader.feed(body[last:cut])
+            last = cut
+        parts += reader.feed(body[last:])
+        reader.close()
+    except InvalidInput as exc:
+        return exc.message
+    return parts
+
+
+def _read_whole(body: bytes, boundary: str) -> list[Part] | str:
+    try:
+        return parse_multipart(body, boundary)
+    except InvalidInput as exc:
+        return exc.message
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages(), st.lists(st.integers(min_value=0), max_size=8), st.binary(max_size=30))
+def test_chunked_reading_equals_whole_body(
+    message: tuple[str, list[tuple[str, bytes]]], cuts: list[int], noise: bytes
+) -> None:
+    """However the body is cut into chunks, the reader finds the same parts, or the same error."""
+    boundary, parts = message
+    body = encode_multipart(boundary, parts)
+    for candidate in (body, body[: len(body) // 2], noise + body, body[:-3] + noise):
+        assert _read_in_chunks(candidate, boundary, cuts) == _read_whole(candidate, boundary)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages(), st.lists(st.integers(min_value=0), max_size=8), st.integers(min_value=0, max_value=30))
+def test_oversized_parts_are_counted_not_kept(
+    message: tuple[str, list[tuple[str, bytes]]], cuts: list[int], limit: int
+) -> None:
+    boundary, parts = message
+    read = _read_in_chunks(encode_multipart(boundary, parts), boundary, cuts, max_part_bytes=limit)
+    assert isinstance(read, list)
+    for part, (content_type, body) in zip(read, parts, strict=True):
+        assert part.content_type == content_type
+        assert part.length == len(body)
+        assert part.oversized == (len(body) > limit)
+        assert part.body == (b"" if len(body) > limit else body)
+
+
+def test_reader_holds_only_the_current_part() -> None:
+    """A part handed over is not copied, and the reader keeps no more than a delimiter's tail."""
+    boundary = new_boundary()
+    big = bytes(range(256)) * 4096  # 1 MiB
+    body = encode_multipart(boundary, [("application/dicom", big), ("application/dicom", b"x")])
+    reader = MultipartReader(boundary)
+    got: list[Part] = []
+    for start in range(0, len(body), 65536):
+        got += reader.feed(body[start : start + 65536])
+        assert len(reader._buf) <= 65536 + len(boundary) + 4
+    reader.close()
+    assert [p.body for p in got] == [big, b"x"]
+
+
+def test_headers_are_bounded() -> None:
+    boundary = "b"
+    reader = MultipartReader(boundary)
+    with pytest.raises(InvalidInput, match="headers over 16 KB"):
+        reader.feed(b"--b\r\nX-Long: " + b"a" * (20 * 1024))
+
+
+def test_transport_padding_is_bounded() -> None:
+    reader = MultipartReader("b")
+    with pytest.raises(InvalidInput, match="malformed multipart delimiter line"):
+        reader.feed(b"--b" + b" " * 2000)
