@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from medvault.audit import SYSTEM, LedgerAudit
-from medvault.crypto.envelope import decrypt_object_into, decrypt_range, encrypt_object
+from medvault.crypto.envelope import decrypt_object_into, decrypt_range, encrypt_object_chunks
 from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
 from medvault.dicom.matching import Criterion
@@ -41,7 +41,7 @@ Json = dict[str, Any]
 StoreCheck = Callable[[StudyFacts], bool]
 StoreStatus = Literal["stored", "already_present", "failed"]
 
-DEFAULT_MAX_INSTANCE_BYTES = 2 * 1024**3
+DEFAULT_MAX_INSTANCE_BYTES = 1024**3
 
 
 # Objects encrypted and written (and fsynced) at once per process: the fsyncs wait on the disk,
@@ -242,9 +242,9 @@ class Archive:
 
     def _encrypt_and_put(self, data: bytes, prepared: _Prepared) -> None:
         context = prepared.entry.blob_key.encode()
-        ciphertext = encrypt_object(data, prepared.data_key, object_id=context)
+        chunks = encrypt_object_chunks(data, prepared.data_key, object_id=context)
         prepared.data_key = b""
-        self.blobs.put(prepared.entry.blob_key, ciphertext)
+        self.blobs.put_chunks(prepared.entry.blob_key, chunks)
 
     def _prepare(self, data: bytes, parsed: ParsedInstance, digest: bytes) -> _Prepared:
         """A fresh data key, its wrapped form and the index entry (the object is written apart)."""

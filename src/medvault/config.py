@@ -23,8 +23,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     plain_http: bool = False
-    max_instance_bytes: int = 2 * 1024**3
-    max_request_bytes: int = 4 * 1024**3
+    max_instance_bytes: int = 1024**3  # a request holds about one instance (issue #12)
+    max_request_bytes: int = 8 * 1024**3  # streamed: bounds disk per request, not memory
     cors_origins: tuple[str, ...] = ()
     public_url: str = ""
     workers: int = 0  # 0: one per CPU core (at most 8)
@@ -176,8 +176,8 @@ DEFAULT_CONFIG_TEXT = """\
 host = "127.0.0.1"          # loopback only; set "0.0.0.0" to serve the network
 port = 8443
 plain_http = false          # true ONLY behind a TLS-terminating proxy on the same host
-max_instance_bytes = 2147483648
-max_request_bytes = 4294967296
+max_instance_bytes = 1073741824   # 1 GiB; a request holds about one instance in memory
+max_request_bytes = 8589934592    # 8 GiB per STOW request (streamed: disk, not memory)
 cors_origins = []           # e.g. ["https://viewer.example.org"] for an OHIF viewer
 public_url = ""             # base URL clients use, if not https://host:port
 workers = 0                 # server processes; 0 = one per CPU core (at most 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from medvault.errors import NotFound
 
@@ -17,6 +18,9 @@ class MemoryBlobStore:
     def put(self, key: str, data: bytes) -> None:
         with self._lock:
             self._objects[key] = bytes(data)
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes | bytearray]) -> None:
+        self.put(key, b"".join(chunks))
 
     def get(self, key: str) -> bytes:
         with self._lock:

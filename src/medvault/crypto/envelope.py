@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -61,6 +61,7 @@ __all__ = [
     "decrypt_object",
     "decrypt_range",
     "encrypt_object",
+    "encrypt_object_chunks",
     "parse_header",
 ]
 
@@ -182,6 +183,27 @@ def encrypt_object(
 
     ``nonce_prefix`` is for known-answer tests only; leave it ``None`` (7 random bytes).
     """
+    return b"".join(
+        encrypt_object_chunks(
+            plaintext, data_key, object_id=object_id, segment_size=segment_size, nonce_prefix=nonce_prefix
+        )
+    )
+
+
+#: Plaintext sealed per chunk by :func:`encrypt_object_chunks` (a whole number of segments).
+CHUNK_BYTES: Final = 1024 * 1024
+
+
+def encrypt_object_chunks(
+    plaintext: bytes,
+    data_key: bytes,
+    *,
+    object_id: bytes,
+    segment_size: int = SEGMENT_SIZE_DEFAULT,
+    nonce_prefix: bytes | None = None,
+) -> Iterator[bytes | bytearray]:
+    """The envelope of :func:`encrypt_object` as consecutive chunks (the header, then about 1 MiB
+    of sealed segments at a time), so that a writer needs no second copy of a large object."""
     _check_segment_size(segment_size)
     aead = _aead(data_key)
     if nonce_prefix is None:
@@ -194,15 +216,25 @@ def encrypt_object(
         raise InvalidInput("object too large for this segment size")
     header = EnvelopeHeader(FORMAT_VERSION, segment_size, total, bytes(nonce_prefix)).to_bytes()
     aad = header + bytes(object_id)
+    yield header
     view = memoryview(plaintext)
-    parts = [header]
     last = count - 1
-    for i in range(count):
-        start = i * segment_size
-        parts.append(
-            aead.encrypt(_nonce(nonce_prefix, i, i == last), view[start : start + segment_size], aad)
-        )
-    return b"".join(parts)
+    per_chunk = max(1, CHUNK_BYTES // segment_size)
+    for first in range(0, count, per_chunk):
+        segments = range(first, min(first + per_chunk, count))
+        plain = sum(len(view[i * segment_size : (i + 1) * segment_size]) for i in segments)
+        chunk = bytearray(plain + TAG_SIZE * len(segments))
+        pos = 0
+        for i in segments:
+            piece = view[i * segment_size : (i + 1) * segment_size]
+            aead.encrypt_into(
+                _nonce(nonce_prefix, i, i == last),
+                piece,
+                aad,
+                memoryview(chunk)[pos : pos + len(piece) + TAG_SIZE],
+            )
+            pos += len(piece) + TAG_SIZE
+        yield chunk  # no copy: the writer takes any buffer
 
 
 def decrypt_object(blob: bytes, data_key: bytes, *, object_id: bytes) -> bytes:

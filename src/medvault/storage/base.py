@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 
@@ -10,6 +11,10 @@ class BlobStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` durably and atomically: a reader sees all of it or nothing."""
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes | bytearray]) -> None:
+        """``put`` of the concatenation of ``chunks``, consumed as they come: an object encrypted
+        chunk by chunk is never held twice."""
 
     def get(self, key: str) -> bytes:
         """Return the whole object; ``NotFound`` if absent."""

@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from medvault.errors import NotFound, StorageError
@@ -51,16 +52,21 @@ class FilesystemBlobStore:
         return self.root / key[:2] / key
 
     def put(self, key: str, data: bytes) -> None:
+        self.put_chunks(key, (data,))
+
+    def put_chunks(self, key: str, chunks: Iterable[bytes | bytearray]) -> None:
+        """``put`` of the concatenation of ``chunks``, written as they come (no joined copy)."""
         path = self._path(key)
         path.parent.mkdir(exist_ok=True, mode=0o700)
         tmp = path.parent / f".tmp-{secrets.token_hex(8)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 if self.fsync:
                     os.fsync(fd)
             finally:
