@@ -35,6 +35,8 @@ from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import KeyringKekProvider
 from medvault.crypto.keyring import DEFAULT_SCRYPT, Keyring, KeyringFile, ScryptParams, save_keyring
 from medvault.crypto.tls import (
+    certificate_expiry,
+    certificate_names,
     create_ca,
     default_hostnames,
     encrypt_private_key,
@@ -117,6 +119,42 @@ def init_home(
         return created
     finally:
         opened.close()
+
+
+#: ``serve`` warns when the server certificate expires sooner than this.
+CERT_WARNING_DAYS = 30
+
+
+def renew_server_certificate(opened: OpenHome, *, now: datetime | None = None) -> datetime:
+    """Issue a new server certificate from the home's own CA for the same names (written
+    atomically, the key encrypted as at ``init``); returns its expiry. ``serve`` loads it at its
+    next start."""
+    tls = opened.settings.tls
+    if not tls.own_ca:
+        raise ConfigError(
+            "the server certificate comes from the site's PKI ([tls] own_ca = false)",
+            hint="Renew it there and replace [tls] certificate and private_key.",
+        )
+    secret = opened.keyring_file.keyring.tls_secret
+    cert_path, key_path = opened.path(tls.certificate), opened.path(tls.private_key)
+    names, ips = certificate_names(cert_path.read_bytes())
+    cert, key = issue_server_certificate(
+        opened.path(tls.ca_certificate).read_bytes(),
+        (opened.root / "tls" / "ca.key").read_bytes(),
+        hostnames=names,
+        ip_addresses=ips,
+        now=now,
+        ca_key_password=secret,
+    )
+    for path, data in ((key_path, encrypt_private_key(key, secret)), (cert_path, cert)):
+        tmp = path.with_name(path.name + ".new")
+        _write_private(tmp, data)
+        os.replace(tmp, path)
+    return certificate_expiry(cert)
+
+
+def server_certificate_expiry(opened: OpenHome) -> datetime:
+    return certificate_expiry(opened.path(opened.settings.tls.certificate).read_bytes())
 
 
 @dataclass

@@ -141,8 +141,23 @@ def test_home_folder_holds_no_phi_and_no_pixels(
 
     assert (home.root / "index.db-wal").exists()
     assert scan_home(home.root, needles, chunks) == []  # while running: DB, WAL, objects, logs
+    assert_owner_only(home.root)
     server.stop()
     assert scan_home(home.root, needles, chunks) == []  # and after shutdown
+
+
+def assert_owner_only(root: Path) -> None:
+    """Issue #12, item 11: every file of a home is 0600 (the ledger and the logs name users and
+    their addresses) and every folder 0700; only certificates and the settings file are public."""
+    assert (root.stat().st_mode & 0o777) == 0o700
+    for path in root.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o700, (path, oct(mode))
+        elif path.suffix != ".crt" and path.name != "medvault.toml":
+            assert mode == 0o600, (path, oct(mode))
+    for name in ("ledger.db", "ledger.db-wal", "index.db", "logs/access.log", "logs/audit.log"):
+        assert (root / name).exists(), name
 
 
 def _stow(client: httpx.Client, files: Iterable[Path]) -> httpx.Response:

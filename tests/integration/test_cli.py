@@ -10,9 +10,11 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 from pydicom import dcmread
 
 from medvault.sample import generate_study
@@ -174,3 +176,23 @@ def test_deid_and_export_commands(home: Home, tmp_path: Path) -> None:
     assert not {str(o.SOPInstanceUID) for o in originals} & set(uids["exp1"])
     for p in (tmp_path / "exp1").rglob("*.dcm"):
         assert b"QUETZAL" not in p.read_bytes() and b"QZ-778" not in p.read_bytes()
+
+
+def test_tls_status_and_renew(home: Home) -> None:
+    """A new server certificate for the same names, valid 365 days, trusted through the same CA."""
+    cert_path = home.root / "tls" / "server.crt"
+    before = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    status = home.cli("tls", "status")
+    assert "server" in status.stdout and "localhost" in status.stdout
+    renewed = home.cli("tls", "renew")
+    assert "valid until" in renewed.stdout
+    after = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert after.serial_number != before.serial_number
+    assert after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == (
+        before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
+    assert after.not_valid_after_utc - after.not_valid_before_utc <= timedelta(days=366)
+    ca = x509.load_pem_x509_certificate((home.root / "tls" / "ca.crt").read_bytes())
+    after.verify_directly_issued_by(ca)
+    assert (cert_path.stat().st_mode & 0o777) == 0o600
+    assert "tls.renew" in home.cli("ledger", "export", "--to", "-").stdout

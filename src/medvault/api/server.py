@@ -39,18 +39,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("medvault.server")
 
 
+def _private_log(path: Path) -> Path:
+    """A log file only its owner can read (0600): logs name users and client addresses."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    path.chmod(0o600)
+    return path
+
+
 def setup_logging(root: Path) -> None:
     """Access and error logs go to HOME/logs/access.log: paths and statuses, never query strings."""
     logs = root / "logs"
     logs.mkdir(mode=0o700, exist_ok=True)
-    handler = logging.handlers.WatchedFileHandler(logs / "access.log")
+    handler = logging.handlers.WatchedFileHandler(_private_log(logs / "access.log"))
     handler.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(name)s %(message)s"))
     for name in ("medvault.access", "medvault.errors", "medvault.server"):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
         logger.handlers = [handler]
         logger.propagate = False
-    audit = logging.handlers.WatchedFileHandler(logs / "audit.log")
+    audit = logging.handlers.WatchedFileHandler(_private_log(logs / "audit.log"))
     audit.setFormatter(logging.Formatter("%(message)s"))
     audit_logger = logging.getLogger("medvault.audit")
     audit_logger.setLevel(logging.INFO)

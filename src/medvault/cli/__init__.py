@@ -12,6 +12,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault nodes …                                   cli/nodes.py
     medvault ledger …                                  cli/ledger.py
     medvault report …                                  cli/report.py
+    medvault tls …                                     cli/tls.py
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from medvault.cli import apikeys, home, importing, keys, ledger, nodes, report, research, users
+from medvault.cli import apikeys, home, importing, keys, ledger, nodes, report, research, tls, users
 from medvault.cli._common import err
 from medvault.errors import MedvaultError
 
@@ -45,6 +46,7 @@ app.add_typer(apikeys.app, name="apikeys")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(report.app, name="report")
+app.add_typer(tls.app, name="tls")
 
 
 def main() -> None:

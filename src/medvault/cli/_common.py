@@ -17,8 +17,9 @@ from rich.console import Console
 from medvault import __version__
 from medvault.access.totp import Enrolment
 from medvault.config import Settings
+from medvault.crypto.tls import certificate_expiry
 from medvault.errors import ConfigError
-from medvault.home import OpenHome, open_home
+from medvault.home import CERT_WARNING_DAYS, OpenHome, open_home
 from medvault.index.users import NewUser
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
 
@@ -91,6 +92,15 @@ def announce(root: Path, settings: Settings, host: str, port: int, workers: int)
             "[bold red]WARNING[/]: plain HTTP is on (\\[server] plain_http = true). Only run this behind a "
             "TLS-terminating proxy on the same host."
         )
+    else:
+        expiry = certificate_expiry((root / settings.tls.certificate).read_bytes())
+        left = (expiry - datetime.now(UTC)).days
+        if left < CERT_WARNING_DAYS:
+            renew = "`medvault tls renew`" if settings.tls.own_ca else "the site's PKI"
+            err.print(
+                f"[bold red]WARNING[/]: the server certificate expires on {expiry:%Y-%m-%d} "
+                f"({left} days); renew it with {renew} and restart."
+            )
     scheme = "http" if settings.server.plain_http else "https"
     shown = f"[{host}]" if ":" in host else host
     err.print(

@@ -14,10 +14,13 @@ Time is an argument (``now``) so tests can issue certificates for a fixed instan
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import ipaddress
 import secrets
 import socket
 import ssl
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +34,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from medvault.errors import ConfigError, InvalidInput, KeyringError
 
 __all__ = [
+    "LEAF_VALID_DAYS",
     "TLS12_CIPHERS",
+    "TLS_GROUPS",
+    "certificate_expiry",
+    "certificate_names",
     "client_ssl_context",
     "create_ca",
     "default_hostnames",
@@ -44,6 +51,11 @@ __all__ = [
 
 #: OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are all AEAD and left at OpenSSL's default).
 TLS12_CIPHERS: Final = "ECDHE+AESGCM:ECDHE+CHACHA20"
+#: Key-exchange groups of Mozilla's "intermediate" profile (v5.7): X25519, P-256, P-384; OpenSSL's
+#: default list also offers X448, P-521 and the FFDHE groups.
+TLS_GROUPS: Final = "X25519:P-256:P-384"
+#: Leaf certificate lifetime: Mozilla's intermediate profile allows at most 366 days.
+LEAF_VALID_DAYS: Final = 365
 #: Back-date ``notBefore`` so a peer whose clock is a little behind still accepts a fresh certificate.
 CLOCK_SKEW: Final = timedelta(minutes=5)
 ORGANIZATION: Final = "medvault"
@@ -247,8 +259,9 @@ def issue_server_certificate(
     *,
     hostnames: Sequence[str],
     ip_addresses: Sequence[str],
-    valid_days: int = 397,
+    valid_days: int = LEAF_VALID_DAYS,
     now: datetime | None = None,
+    ca_key_password: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     """A server certificate (EKU serverAuth, SAN = the host names and IP addresses) signed by the CA.
 
@@ -267,7 +280,24 @@ def issue_server_certificate(
         san=san,
         valid_days=valid_days,
         now=now,
+        ca_key_password=ca_key_password,
     )
+
+
+def certificate_names(cert_pem: bytes) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses a certificate is for (its subject alternative names)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return list(san.get_values_for_type(x509.DNSName)), [
+        str(a) for a in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def certificate_expiry(cert_pem: bytes) -> datetime:
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
 
 
 def issue_client_certificate(
@@ -275,7 +305,7 @@ def issue_client_certificate(
     ca_key_pem: bytes,
     *,
     common_name: str,
-    valid_days: int = 397,
+    valid_days: int = LEAF_VALID_DAYS,
     now: datetime | None = None,
 ) -> tuple[bytes, bytes]:
     """A client certificate (EKU clientAuth) naming a machine identity in its common name."""
@@ -296,7 +326,7 @@ def issue_node_certificate(
     *,
     common_name: str,
     host: str,
-    valid_days: int = 397,
+    valid_days: int = LEAF_VALID_DAYS,
     now: datetime | None = None,
     ca_key_password: bytes | None = None,
 ) -> tuple[bytes, bytes]:
@@ -322,6 +352,38 @@ def _harden(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    restrict_groups(ctx, TLS_GROUPS)
+
+
+_SSL_CTRL_SET_GROUPS_LIST = 92  # OpenSSL's SSL_CTX_set1_groups_list is SSL_CTX_ctrl with this
+
+
+def restrict_groups(ctx: ssl.SSLContext, groups: str) -> bool:
+    """Limit the key-exchange groups of ``ctx`` (``SSL_CTX_set1_groups_list``), which Python's
+    ``ssl`` module cannot do before 3.15 except for a single curve.
+
+    OpenSSL is asked through the very library the ``ssl`` module is linked with, on the
+    ``SSL_CTX`` a CPython ``SSLContext`` holds right after its object header; the pointer is checked
+    (``SSL_CTX_get_options`` must return the context's own options) before anything is set.
+    Returns False, changing nothing, where that cannot be done safely (another Python, no such
+    symbol): the context then keeps OpenSSL's default groups, all of them still strong ones.
+    """
+    if sys.implementation.name != "cpython":
+        return False
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        get_options, ctrl = lib.SSL_CTX_get_options, lib.SSL_CTX_ctrl
+    except (OSError, AttributeError):
+        return False
+    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
+    ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+    ctrl.restype = ctypes.c_long
+    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not pointer or get_options(pointer) != int(ctx.options):
+        return False
+    if ctrl(pointer, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+        raise ConfigError(f"OpenSSL refused the TLS group list {groups!r}")
+    return True
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_file: Path, key_file: Path, key_password: bytes | None) -> None:

@@ -46,7 +46,7 @@ __all__ = [
 
 #: What a node may be granted. C-ECHO needs no permission beyond being an active node.
 NODE_PERMISSIONS: Final = frozenset({"store", "find", "get", "move"})
-DEFAULT_NODE_CERT_DAYS: Final = 397
+DEFAULT_NODE_CERT_DAYS: Final = 365  # Mozilla "intermediate": at most 366 days
 _CLOCK_SKEW: Final = timedelta(minutes=5)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # PS3.5 AE VR: 16 characters of the default repertoire, no backslash or control characters.

@@ -66,7 +66,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A connection in autocommit mode with the ledger's pragmas (WAL, synchronous=FULL)."""
+    """A connection in autocommit mode with the ledger's pragmas (WAL, synchronous=FULL). The
+    file is created owner-only (0600): the ledger names users and their addresses, and SQLite
+    gives its -wal and -shm files the database's own mode."""
+    if str(path) != ":memory:":
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
     conn = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")

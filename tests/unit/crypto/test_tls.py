@@ -25,6 +25,7 @@ from medvault.crypto import (
     load_private_key_pem,
     server_ssl_context,
 )
+from medvault.crypto.tls import restrict_groups
 from medvault.errors import ConfigError, InvalidInput, KeyringError
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -110,7 +111,7 @@ def test_server_certificate(ca: tuple[bytes, bytes]) -> None:
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ca_ski.digest
-    assert cert.not_valid_after_utc == NOW + timedelta(days=397)
+    assert cert.not_valid_after_utc == NOW + timedelta(days=365)
 
 
 def test_leaf_never_outlives_its_ca() -> None:
@@ -287,6 +288,37 @@ def test_tls11_is_refused(files: Files) -> None:
     out = handshake(server_ctx, client)
     assert out.reply is None
     assert out.server_error is not None or out.client_error is not None
+
+
+@pytest.mark.parametrize(
+    ("group", "accepted"),
+    [
+        ("X25519", True),
+        ("P-256", True),
+        ("P-384", True),
+        ("P-521", False),
+        ("X448", False),
+        ("ffdhe2048", False),
+    ],
+)
+def test_key_exchange_groups_are_mozillas_intermediate(files: Files, group: str, accepted: bool) -> None:
+    """Issue #12, item 11: X25519, P-256 and P-384 only (OpenSSL also offers X448 and P-521).
+    TLS 1.3, where the groups a client offers are its key exchange alone (in TLS 1.2 they also
+    bound the server certificate's curve, P-256 here)."""
+    version = ssl.TLSVersion.TLSv1_3
+    server_ctx = server_ssl_context(files.cert, files.key, key_password=SECRET)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(files.ca)
+    client.minimum_version = client.maximum_version = version
+    assert restrict_groups(client, group)  # the client offers this group alone
+    out = handshake(server_ctx, client)
+    assert (out.reply == b"HELLO") is accepted, (group, version, out)
+
+
+def test_leaf_certificates_live_at_most_366_days(ca: tuple[bytes, bytes]) -> None:
+    cert_pem, _ = issue_server_certificate(*ca, hostnames=["localhost"], ip_addresses=[])
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(days=366)
 
 
 def test_mutual_tls(files: Files) -> None:
