@@ -130,7 +130,8 @@ class Server:
             self.process.stderr.close()
 
 
-def start_server(home: Home) -> Server:
+def start_server(home: Home, *, own_session: bool = False) -> Server:
+    """``own_session``: the server and its workers form their own process group (killpg)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "medvault.cli", "serve", "--home", str(home.root), "--port", str(port)],
@@ -138,6 +139,7 @@ def start_server(home: Home) -> Server:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=own_session,
     )
     server = Server(home, port, process)
     context = server.ssl_context()

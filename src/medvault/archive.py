@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -468,6 +469,9 @@ class Archive:
 _GROUP_INSTANCES = 64
 _GROUP_BYTES = 32 * 1024**2
 _INFLIGHT_BYTES = 64 * 1024**2  # plaintext handed to the writer threads and not yet written
+# ...and no written object waits longer than this for its index row (a slow sender's group), so
+# that an object without a row for long is a crash's leftover (medvault.fsck).
+_GROUP_SECONDS = 2.0
 
 
 class StoreSession:
@@ -501,6 +505,7 @@ class StoreSession:
         self._inflight: list[tuple[int, _Prepared, Future[None], int]] = []
         self._inflight_bytes = 0
         self._written: list[tuple[int, _Prepared]] = []
+        self._written_since = 0.0  # when the oldest written, unindexed object was written
         self._unlogged: list[StoreOutcome] = []
         self._entries: dict[str, NewInstance] = {}
         self._closed = False
@@ -519,7 +524,9 @@ class StoreSession:
             self._settle(pos, outcome)
         if len(self._parsed) >= _GROUP_INSTANCES or self._parsed_bytes >= _GROUP_BYTES:
             self._submit()
-        if len(self._written) >= _GROUP_INSTANCES:
+        if self._written and (
+            len(self._written) >= _GROUP_INSTANCES or time.monotonic() - self._written_since > _GROUP_SECONDS
+        ):
             self._index()
 
     def refuse(self, error: MedvaultError) -> None:
@@ -658,6 +665,8 @@ class StoreSession:
             except MedvaultError as exc:
                 self._settle(pos, self._archive._failed(prepared.parsed, exc))
                 continue
+            if not self._written:
+                self._written_since = time.monotonic()
             self._written.append((pos, prepared))
 
     def _index(self) -> None:

@@ -248,6 +248,18 @@ def _dimse_worker(root: Path, keyring: KeyringFile) -> None:
         opened.close()
 
 
+def _sweep_leftovers(opened: OpenHome) -> None:
+    """At every start: remove what interrupted writes left in storage (older than the grace
+    period, so that a concurrent ``medvault import`` is never touched); ledgered when it removes."""
+    from medvault.fsck import reconcile
+
+    report = reconcile(opened.archive, repair=True)
+    if report.removed or report.missing:
+        log.warning("%s", report.summary())
+    for uid in report.missing[:20]:
+        log.error("instance %s is indexed but its object is missing from storage", uid)
+
+
 def _ledger_configuration(opened: OpenHome) -> None:
     """Record the configuration in force at every start (its SHA-256, and the switches that weaken
     defaults): a change between two starts shows in the tamper-evident log as a different hash."""
@@ -289,6 +301,7 @@ def serve(
     with it), TLS material and ports before serving; ``on_listening`` runs once they are bound
     (to tell the user where to connect)."""
     settings = load_settings(root)
+    setup_logging(root)
     # The one scrypt run: a wrong passphrase fails here, clearly. Every process opens the home from
     # this unlocked keyring (workers inherit it when forked), so the passphrase is not kept.
     if isinstance(passphrase, KeyringFile):
@@ -303,11 +316,11 @@ def serve(
         _check_dimse_port(probe)
         sock = _listen(host, port)
         _ledger_configuration(probe)
+        _sweep_leftovers(probe)
     finally:
         probe.close()
     if on_listening is not None:
         on_listening()
-    setup_logging(root)
     keep_freed_memory()  # before forking: the workers inherit it
     if workers <= 1:
         opened = open_home(root, keyring)

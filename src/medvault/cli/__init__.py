@@ -6,6 +6,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault init | serve | quickstart | version       cli/home.py
     medvault import                                    cli/importing.py
     medvault deid | export | deid-map                  cli/research.py
+    medvault fsck                                      cli/fsck.py
     medvault users …                                   cli/users.py
     medvault keys …                                    cli/keys.py
     medvault apikeys …                                 cli/apikeys.py
@@ -20,7 +21,7 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from medvault.cli import apikeys, home, importing, keys, ledger, nodes, report, research, tls, users
+from medvault.cli import apikeys, fsck, home, importing, keys, ledger, nodes, report, research, tls, users
 from medvault.cli._common import err
 from medvault.errors import MedvaultError
 
@@ -38,6 +39,7 @@ app.command("import")(importing.import_command)
 app.command()(research.deid)
 app.command("export")(research.export_command)
 app.command("deid-map")(research.deid_map)
+app.command()(fsck.fsck)
 app.command()(home.quickstart)
 app.command()(home.version)
 app.add_typer(users.app, name="users")

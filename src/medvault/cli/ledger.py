@@ -62,6 +62,12 @@ def ledger_verify(
             out.print(
                 f"objects: {total - len(problems)} of {total} match their store events", highlight=False
             )
+            from medvault.fsck import reconcile
+
+            storage = reconcile(opened.archive, repair=False)
+            out.print(storage.summary(), highlight=False, soft_wrap=True)
+            if storage.orphans or storage.partial_writes:
+                out.print("  run `medvault fsck --repair` to remove the leftovers", highlight=False)
     finally:
         opened.close()
     if not report.ok or problems:

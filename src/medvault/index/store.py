@@ -748,6 +748,11 @@ class Index:
             last_id = rows[-1].id
             yield from (self._record(r) for r in rows)
 
+    def blob_keys(self) -> set[str]:
+        """The storage key of every indexed instance (for reconciling storage with the index)."""
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execute(select(t.instances.c.blob_key))}
+
     def count_instances(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.instances)).scalar_one())

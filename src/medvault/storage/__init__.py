@@ -3,7 +3,7 @@
 The storage layer never sees keys or plaintext; encryption wraps storage in the service layer.
 """
 
-from medvault.storage.base import BlobStore
+from medvault.storage.base import BlobInfo, BlobStore
 from medvault.storage.filesystem import FilesystemBlobStore
 
-__all__ = ["BlobStore", "FilesystemBlobStore"]
+__all__ = ["BlobInfo", "BlobStore", "FilesystemBlobStore"]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
 
 
 class BlobStore(Protocol):
@@ -29,3 +37,13 @@ class BlobStore(Protocol):
         """Remove the object; absent objects are not an error."""
 
     def exists(self, key: str) -> bool: ...
+
+    def list_objects(self) -> Iterator[BlobInfo]:
+        """Every complete object (for reconciling storage with the index)."""
+
+    def partial_writes(self, *, older_than: float) -> list[str]:
+        """Writes that never completed (a crash's leftovers) last touched before ``older_than``
+        (seconds since the epoch): opaque names to pass to :meth:`remove_partial`."""
+
+    def remove_partial(self, name: str) -> None:
+        """Remove one leftover named by :meth:`partial_writes`."""

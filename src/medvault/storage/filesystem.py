@@ -17,10 +17,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from medvault.errors import NotFound, StorageError
+from medvault.storage.base import BlobInfo
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
 
@@ -112,3 +113,32 @@ class FilesystemBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def list_objects(self) -> Iterator[BlobInfo]:
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for path in sorted(folder.iterdir()):
+                if path.name.startswith(".") or not _KEY_RE.match(path.name):
+                    continue
+                try:
+                    info = path.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield BlobInfo(path.name, info.st_size, info.st_mtime)
+
+    def partial_writes(self, *, older_than: float) -> list[str]:
+        found = []
+        for leftover in self.root.glob("*/.tmp-*"):
+            try:
+                if leftover.stat().st_mtime < older_than:
+                    found.append(f"{leftover.parent.name}/{leftover.name}")
+            except FileNotFoundError:
+                pass
+        return sorted(found)
+
+    def remove_partial(self, name: str) -> None:
+        folder, _, leaf = name.partition("/")
+        if len(folder) != 2 or not leaf.startswith(".tmp-") or "/" in leaf:
+            raise StorageError("not the name of a partial write")
+        (self.root / folder / leaf).unlink(missing_ok=True)
