@@ -93,6 +93,13 @@ def _int_or_none(element: Json | None) -> int | None:
         return None
 
 
+def _year_of(study_date: str | None) -> int | None:
+    """The year of a StudyDate, if it starts with four ASCII digits (a value decoded from another
+    character set may hold digits int() would read, or refuse)."""
+    head = (study_date or "")[:4]
+    return int(head) if len(head) == 4 and head.isascii() and head.isdigit() else None
+
+
 def _text_or_none(element: Json | None) -> str | None:
     if not element or not element.get("Value"):
         return None
@@ -263,7 +270,7 @@ class Archive:
             instance_number=_int_or_none(meta.get("00200013")),
             modality=_text_or_none(meta.get("00080060")),
             series_number=_int_or_none(meta.get("00200011")),
-            study_year=int(study_date[:4]) if study_date and study_date[:4].isdigit() else None,
+            study_year=_year_of(study_date),
             number_of_frames=parsed.number_of_frames,
             frames=[list(f.fragments) for f in parsed.frames],
             blob_key=blob_key,

@@ -66,7 +66,7 @@ def verify_totp(secret: str, code: str, *, now: datetime, last_step: int | None)
     """The step the code belongs to, when it is valid within the window and later than
     ``last_step``; otherwise None. The caller must store the returned step (compare-and-set)."""
     code = code.strip().replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     current = step_at(now)
     matched: int | None = None

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from medvault.access.tokens import TokenPair
+from medvault.api import openapi as spec
 from medvault.api.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -101,7 +102,7 @@ def _authenticate(
     )
 
 
-@router.post("/token")
+@router.post("/token", openapi_extra=spec.TOKEN)
 async def token(request: Request) -> Response:
     """OAuth 2.0 token endpoint: grant_type=password (username, password, otp) or refresh_token."""
     fields = await read_fields(request)
@@ -117,7 +118,7 @@ async def token(request: Request) -> Response:
     return _token_answer(pair)
 
 
-@router.post("/session")
+@router.post("/session", openapi_extra=spec.SIGN_IN)
 async def session(request: Request) -> Response:
     """Sign in for the web console: the access token goes into a Secure, HttpOnly, SameSite=Strict
     cookie; the answer carries the CSRF token to send as X-CSRF-Token on changing requests."""
@@ -161,7 +162,7 @@ def logout(request: Request, who: Authenticated) -> Response:
     return response
 
 
-@router.post("/password")
+@router.post("/password", openapi_extra=spec.PASSWORD)
 async def change_password(request: Request) -> Response:
     """Change one's own password (also after a one-time password): old password, new password and
     the second factor (`otp`: a TOTP code or a recovery code). Revokes every session."""

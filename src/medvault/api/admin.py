@@ -7,15 +7,17 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import asdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from medvault.access.policy import GRANT_KINDS, ROLES, GrantKind, Principal
+from medvault.api import openapi as spec
 from medvault.api.account import read_fields
 from medvault.api.auth import ManagesUsers, ReviewsBreakGlass, UsesBreakGlass, client_address
+from medvault.api.bodies import date_field, days_field
 from medvault.archive import Archive
 from medvault.audit import actor_of
 from medvault.errors import InvalidInput
@@ -118,12 +120,12 @@ def list_users(request: Request, who: ManagesUsers) -> Response:
     return no_store([user_json(u) for u in _users(request).list()])
 
 
-@router.post("/users")
+@router.post("/users", openapi_extra=spec.NEW_USER)
 async def add_user(request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
     name = fields.get("name", "")
     roles = roles_from(fields.get("roles", ""))
-    training = date.fromisoformat(fields["training_expires"]) if fields.get("training_expires") else None
+    training = date_field(fields, "training_expires")
     created = _users(request).add_user(name, roles=roles, now=datetime.now(UTC), training_expires=training)
     changed(request, who, EventKind.USER_CHANGE, "user.add", "user", name)
     return no_store(new_user_json(created), 201)
@@ -156,7 +158,7 @@ def reset_mfa(name: str, request: Request, who: ManagesUsers) -> Response:
     )
 
 
-@router.put("/users/{name}/roles")
+@router.put("/users/{name}/roles", openapi_extra=spec.ROLES)
 async def set_roles(name: str, request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
     user = _users(request).set_roles(name, roles_from(fields.get("roles", "")))
@@ -164,19 +166,18 @@ async def set_roles(name: str, request: Request, who: ManagesUsers) -> Response:
     return no_store(user_json(user))
 
 
-@router.put("/users/{name}/training")
+@router.put("/users/{name}/training", openapi_extra=spec.TRAINING)
 async def set_training(name: str, request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
-    try:
-        expires = date.fromisoformat(fields.get("expires", ""))
-    except ValueError:
-        raise InvalidInput("expires must be a date (YYYY-MM-DD)") from None
+    expires = date_field(fields, "expires")
+    if expires is None:
+        raise InvalidInput("expires must be a date (YYYY-MM-DD)")
     user = _users(request).set_training(name, expires)
     changed(request, who, EventKind.USER_CHANGE, "user.training", "user", name)
     return no_store(user_json(user))
 
 
-@router.put("/users/{name}/referring")
+@router.put("/users/{name}/referring", openapi_extra=spec.REFERRING)
 async def set_referring(name: str, request: Request, who: ManagesUsers) -> Response:
     """The name under which studies list this user as referring physician (e.g. DOE^JOHN)."""
     fields = await read_fields(request)
@@ -203,19 +204,19 @@ def list_grants(name: str, request: Request, who: ManagesUsers) -> Response:
     )
 
 
-@router.post("/users/{name}/grants")
+@router.post("/users/{name}/grants", openapi_extra=spec.GRANT)
 async def add_grant(name: str, request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
     kind = grant_kind(fields.get("kind", ""))
     value = grant_value(_index(request), kind, fields.get("value", ""))
-    days = fields.get("days")
-    expires = datetime.now(UTC) + timedelta(days=int(days)) if days and days.isdigit() else None
+    days = days_field(fields, "days")
+    expires = datetime.now(UTC) + timedelta(days=days) if days else None
     _users(request).grant(name, kind=kind, value=value, now=datetime.now(UTC), expires_at=expires)
     changed(request, who, EventKind.GRANT_CHANGE, f"grant.add.{kind}", "user", name)
     return Response(status_code=204)
 
 
-@router.delete("/users/{name}/grants")
+@router.delete("/users/{name}/grants", openapi_extra=spec.REVOKE_GRANT)
 async def revoke_grant(name: str, request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
     kind = fields.get("kind", "")
@@ -243,17 +244,14 @@ def list_api_keys(request: Request, who: ManagesUsers) -> Response:
     )
 
 
-@router.post("/apikeys")
+@router.post("/apikeys", openapi_extra=spec.NEW_API_KEY)
 async def create_api_key(request: Request, who: ManagesUsers) -> Response:
     fields = await read_fields(request)
     role = fields.get("role", "")
     if role not in ROLES:
         raise InvalidInput(f"role must be one of: {', '.join(ROLES)}")
-    days = fields.get("expires_days")
     keys: ApiKeyStore = request.app.state.api_keys
-    key = keys.create(
-        fields.get("name", ""), role=role, expires_days=int(days) if days and days.isdigit() else None
-    )
+    key = keys.create(fields.get("name", ""), role=role, expires_days=days_field(fields, "expires_days"))
     changed(request, who, EventKind.APIKEY_CHANGE, "apikey.create", "apikey", fields.get("name", ""))
     return no_store({"name": fields.get("name"), "role": role, "key": key}, 201)
 
@@ -266,7 +264,7 @@ def revoke_api_key(name: str, request: Request, who: ManagesUsers) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/breakglass")
+@router.post("/breakglass", openapi_extra=spec.BREAK_GLASS)
 async def open_break_glass(request: Request, who: UsesBreakGlass) -> Response:
     """Open a study outside one's scope for a limited time, giving a reason (audited)."""
     fields = await read_fields(request)

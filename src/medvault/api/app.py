@@ -21,10 +21,11 @@ from medvault.access.lockout import TooManyAttempts
 from medvault.access.oidc import OidcVerifier
 from medvault.api.account import router as account_router
 from medvault.api.admin import router as admin_router
-from medvault.api.auth import BearerChallenge
+from medvault.api.auth import Authenticated, BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
 from medvault.api.ledger import router as ledger_router
 from medvault.api.limits import BodyLimits
+from medvault.api.openapi import document
 from medvault.api.research import router as research_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
@@ -128,6 +129,33 @@ def _error_response(exc: MedvaultError) -> JSONResponse:
     return JSONResponse(payload, status_code=exc.http_status, headers=headers or None)
 
 
+def route_table() -> FastAPI:
+    """The app's routes without any state: what ``create_app`` serves, and what the OpenAPI
+    document (medvault.api.openapi) describes."""
+    app = FastAPI(
+        title="medvault",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served behind authentication at /api/openapi.json instead
+    )
+
+    @app.get("/healthz", openapi_extra={"security": []})
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/openapi.json")
+    def openapi_document(who: Authenticated) -> JSONResponse:
+        return JSONResponse(document(app))
+
+    app.include_router(dicomweb_router)
+    app.include_router(account_router)
+    app.include_router(admin_router)
+    app.include_router(ledger_router)
+    app.include_router(research_router)
+    return app
+
+
 def create_app(
     archive: Archive,
     *,
@@ -137,13 +165,7 @@ def create_app(
     server: ServerSettings,
     oidc: OidcVerifier | None = None,
 ) -> FastAPI:
-    app = FastAPI(
-        title="medvault",
-        version=__version__,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+    app = route_table()
     app.state.archive = archive
     app.state.api_keys = api_keys
     app.state.users = users
@@ -175,14 +197,4 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Accept", "X-CSRF-Token"],
         )
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
-
-    app.include_router(dicomweb_router)
-    app.include_router(account_router)
-    app.include_router(admin_router)
-    app.include_router(ledger_router)
-    app.include_router(research_router)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from datetime import date
 from typing import Any
 
 from fastapi import Request
@@ -58,3 +59,26 @@ async def read_pairs(request: Request, limit: int) -> tuple[str, Any]:
     if kind == JSON_TYPE:
         return "json", decode_json(body)
     return "form", decode_form(body)
+
+
+def date_field(fields: dict[str, str], name: str) -> date | None:
+    """An optional YYYY-MM-DD field; a 400 naming the field when malformed."""
+    raw = fields.get(name, "")
+    if not raw:
+        return None
+    if raw.isascii() and len(raw) == 10:
+        try:
+            return date.fromisoformat(raw)
+        except ValueError:
+            pass
+    raise InvalidInput(f"{name} must be a date (YYYY-MM-DD)")
+
+
+def days_field(fields: dict[str, str], name: str, *, maximum: int = 36500) -> int | None:
+    """An optional whole number of days (1 to ``maximum``); a 400 naming the field otherwise."""
+    raw = fields.get(name, "")
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise InvalidInput(f"{name} must be a whole number of days from 1 to {maximum}")
+    return int(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from medvault.access.policy import Action, Principal
@@ -16,7 +16,8 @@ from medvault.ledger.store import Ledger
 
 router = APIRouter(prefix="/ledger")
 ReadsLedger = Annotated[Principal, Depends(require(Action.LEDGER_READ))]
-NonNegative = Annotated[int, Query(ge=0)]
+_MAX_INDEX = 2**63 - 1  # SQLite's INTEGER: a larger number is no index of any log
+NonNegative = Annotated[int, Query(ge=0, le=_MAX_INDEX)]
 
 
 def _ledger(request: Request) -> Ledger:
@@ -27,7 +28,7 @@ def _ledger(request: Request) -> Ledger:
 
 
 @router.get("/entries/{index}")
-def entry(index: int, request: Request, who: ReadsLedger) -> Response:
+def entry(index: Annotated[int, Path(le=_MAX_INDEX)], request: Request, who: ReadsLedger) -> Response:
     """The leaf bytes exactly as hashed into the tree (canonical JSON, RFC 8785)."""
     if index < 0:
         raise NotFound("no such entry")

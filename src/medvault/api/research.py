@@ -32,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from medvault.access.policy import OBLIGATION_DEIDENTIFY, Action, Context, Principal
+from medvault.api import openapi as spec
 from medvault.api.auth import client_address, require
 from medvault.api.bodies import read_pairs
 from medvault.audit import actor_of
@@ -157,7 +158,7 @@ def _headers(summary: ExportSummary, size: int) -> dict[str, str]:
     }
 
 
-@router.post("/exports")
+@router.post("/exports", openapi_extra=spec.EXPORT)
 async def create_export(request: Request, who: CanExport) -> Response:
     """De-identify the matching studies within the caller's grants and return them as a ZIP."""
     pairs = await _read_body(request)

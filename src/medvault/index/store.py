@@ -625,7 +625,11 @@ class Index:
         year = t.studies.c.study_year
 
         def _year(text: str | None) -> int | None:
-            return int(text[:4]) if text and len(text) >= 4 and text[:4].isdigit() else None
+            return (
+                int(text[:4])
+                if text and len(text) >= 4 and text[:4].isascii() and text[:4].isdigit()
+                else None
+            )
 
         if crit.kind is MatchKind.SINGLE:
             y = _year(crit.value)
