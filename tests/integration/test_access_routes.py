@@ -253,7 +253,7 @@ assert {"viewer", "service", "archivist"} <= set(KEY_ROLES) and set(HUMAN_ROLES)
 
 PUBLIC = {("GET", "/healthz"), ("POST", "/auth/token"), ("POST", "/auth/session"), ("POST", "/auth/password")}
 #: Routes any signed-in subject may use (no permission beyond being someone).
-SIGNED_IN_ONLY = {("POST", "/auth/logout")}
+SIGNED_IN_ONLY = {("POST", "/auth/logout"), ("GET", "/api/openapi.json")}  # the API description (also docs/)
 
 
 @dataclass(frozen=True)
