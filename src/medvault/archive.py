@@ -33,8 +33,9 @@ from medvault.errors import (
     StudyMismatch,
     TooLarge,
 )
+from medvault.index.outbox import Outbox, process_tag
 from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance, StudyFacts
-from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
+from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome, canonical_bytes
 from medvault.storage.base import BlobStore
 
 Json = dict[str, Any]
@@ -176,13 +177,12 @@ class Archive:
         return StoreSession(self, study_uid=study_uid, actor=actor, may_store=may_store)
 
     def _store_event(
-        self, outcome: StoreOutcome, entries: dict[str, NewInstance], actor: Actor | None
+        self, outcome: StoreOutcome, entry: NewInstance | None, actor: Actor | None
     ) -> AuditEvent:
         """The ledger event of one store: the SHA-256 of the stored bytes, or why it was refused."""
-        entry = entries.get(outcome.sop_instance_uid or "") if outcome.status == "stored" else None
         details: dict[str, str | int] = {}
         patient = None
-        if entry is not None:
+        if entry is not None and outcome.status == "stored":
             details = {
                 "sha256": entry.sha256.hex(),
                 "size": entry.size,
@@ -226,10 +226,10 @@ class Archive:
             series_uid=parsed.series_instance_uid,
         )
 
-    def _index_one(self, p: _Prepared) -> StoreOutcome:
+    def _index_one(self, p: _Prepared, event: AuditEvent) -> StoreOutcome:
+        outbox = self._outbox([event])
         try:
-            self.index.add_instances([p.entry])
-            return self._stored(p.parsed)
+            self.index.add_instances([p.entry], outbox=outbox)
         except (Conflict, StudyMismatch) as exc:
             self.blobs.delete(p.entry.blob_key)
             uid = p.parsed.sop_instance_uid
@@ -237,6 +237,25 @@ class Archive:
             if known is not None and known == (p.entry.sha256, p.entry.study_uid):
                 return self._stored(p.parsed, "already_present")
             return self._failed(p.parsed, exc)
+        self._publish(outbox)
+        return self._stored(p.parsed)
+
+    def _outbox(self, events: Sequence[AuditEvent]) -> Outbox | None:
+        """The ledger events of an index change, to be written with it (medvault.index.outbox)."""
+        if self.audit is None or not events:
+            return None
+        return Outbox(
+            owner=process_tag(),
+            after_size=self.audit.ledger.size,
+            leaves=[canonical_bytes(e) for e in events],
+        )
+
+    def _publish(self, outbox: Outbox | None) -> None:
+        """After the change committed: its events into the ledger, then out of the outbox."""
+        if outbox is None or self.audit is None:
+            return
+        self.audit.ledger.append_leaves(outbox.leaves)
+        self.index.outbox_done(outbox.ids)
 
     def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
         return StoreOutcome(
@@ -385,25 +404,25 @@ class Archive:
         records = self.instances(study_uid, series_uid, sop_uid)
         facts = self.index.study_facts(study_uid=study_uid)
         patient = next(iter(facts.values())).patient if facts else None
-        for blob_key in self.index.delete_instances(records):
+        now = datetime.now(UTC)
+        outbox = self._outbox(
+            [
+                AuditEvent(
+                    kind=EventKind.DELETE,
+                    time=now,
+                    actor=actor or SYSTEM,
+                    action="study.delete",
+                    outcome=Outcome.SUCCESS,
+                    object=ObjectRef(type="instance", id=r.sop_uid),
+                    patient=patient,
+                    details={"sha256": r.sha256.hex(), "study_uid": r.study_uid, "crypto_shredded": 1},
+                )
+                for r in records
+            ]
+        )
+        for blob_key in self.index.delete_instances(records, outbox=outbox):
             self.blobs.delete(blob_key)
-        if self.audit is not None:
-            now = datetime.now(UTC)
-            self.audit.emit_many(
-                [
-                    AuditEvent(
-                        kind=EventKind.DELETE,
-                        time=now,
-                        actor=actor or SYSTEM,
-                        action="study.delete",
-                        outcome=Outcome.SUCCESS,
-                        object=ObjectRef(type="instance", id=r.sop_uid),
-                        patient=patient,
-                        details={"sha256": r.sha256.hex(), "study_uid": r.study_uid, "crypto_shredded": 1},
-                    )
-                    for r in records
-                ]
-            )
+        self._publish(outbox)
         return len(records)
 
     def audit_read(
@@ -514,7 +533,6 @@ class StoreSession:
         self._written: list[tuple[int, _Prepared]] = []
         self._written_since = 0.0  # when the oldest written, unindexed object was written
         self._unlogged: list[StoreOutcome] = []
-        self._entries: dict[str, NewInstance] = {}
         self._closed = False
 
     @property
@@ -677,43 +695,42 @@ class StoreSession:
             self._written.append((pos, prepared))
 
     def _index(self) -> None:
-        """Index the written instances in one transaction, once their objects are durable."""
+        """Index the written instances in one transaction, once their objects are durable; their
+        store events go into the ledger outbox in that same transaction (medvault.index.outbox)."""
         if not self._written:
             self._log()
             return
         archive = self._archive
         ready, self._written = self._written, []
+        events = [archive._store_event(archive._stored(p.parsed), p.entry, self._actor) for _, p in ready]
         try:
             archive.blobs.sync()  # objects durable before the index acknowledges them
-            archive.index.add_instances([p.entry for _, p in ready])
-            results = [(pos, archive._stored(p.parsed)) for pos, p in ready]
+            outbox = archive._outbox(events)
+            archive.index.add_instances([p.entry for _, p in ready], outbox=outbox)
         except (Conflict, StudyMismatch):
             # A concurrent writer stored one of them first: index one by one to sort it out.
-            results = [(pos, archive._index_one(p)) for pos, p in ready]
+            for (pos, p), event in zip(ready, events, strict=True):
+                self._settle(pos, archive._index_one(p, event))
         except BaseException:
             for _, p in ready:
                 archive.blobs.delete(p.entry.blob_key)
             raise
-        for _, p in ready:
-            self._entries[p.entry.sop_uid] = p.entry
-        for pos, outcome in results:
-            self._settle(pos, outcome)
+        else:
+            archive._publish(outbox)
+            for pos, p in ready:
+                self._settle(pos, archive._stored(p.parsed))
         self._log()
-        for _, p in ready:
-            self._entries.pop(p.entry.sop_uid, None)
 
     def _settle(self, pos: int, outcome: StoreOutcome) -> None:
         self._outcomes[pos] = outcome
-        if outcome.status != "already_present":
+        if outcome.status == "failed":  # stored ones were ledgered with their index rows
             self._unlogged.append(outcome)
 
     def _log(self) -> None:
-        """Ledger the settled outcomes (durably: stores are not group-committed reads)."""
+        """Ledger the refusals (durably: stores are not group-committed reads)."""
         archive = self._archive
         if archive.audit is not None and self._unlogged:
-            archive.audit.emit_many(
-                [archive._store_event(o, self._entries, self._actor) for o in self._unlogged]
-            )
+            archive.audit.emit_many([archive._store_event(o, None, self._actor) for o in self._unlogged])
         self._unlogged = []
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from medvault.archive import Archive
 from medvault.audit import SYSTEM
+from medvault.index.outbox import owner_alive
 from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.storage.filesystem import STALE_TEMP_SECONDS
 
@@ -34,6 +35,8 @@ class Reconciliation:
     missing: list[str] = field(default_factory=list)  # SOP UIDs whose object is absent
     partial_writes: list[str] = field(default_factory=list)  # unfinished writes, older than the grace
     removed: int = 0
+    pending_events: int = 0  # outbox rows of live writers (their events are on the way)
+    published: int = 0  # events of dead writers appended to the ledger now
 
     @property
     def clean(self) -> bool:
@@ -45,7 +48,8 @@ class Reconciliation:
             f"storage: {self.objects} objects, {self.indexed} indexed; "
             f"{len(self.orphans)} without an index row (leftovers of interrupted writes), "
             f"{len(self.partial_writes)} unfinished writes, {len(self.missing)} indexed but missing, "
-            f"{self.recent_unindexed} too recent to judge; {self.removed} leftovers removed"
+            f"{self.recent_unindexed} too recent to judge; {self.removed} leftovers removed; "
+            f"{self.published} ledger events of interrupted writes published, {self.pending_events} pending"
         )
 
 
@@ -63,6 +67,7 @@ def reconcile(
     is listed is never taken for an orphan."""
     cutoff = (time.time() if now is None else now) - grace_seconds
     report = Reconciliation()
+    report.published, report.pending_events = publish_outbox(archive, dry_run=not repair)
     indexed = archive.index.blob_keys()
     report.indexed = len(indexed)
     present: set[str] = set()
@@ -105,3 +110,25 @@ def reconcile(
                 )
             )
     return report
+
+
+def publish_outbox(archive: Archive, *, dry_run: bool = False) -> tuple[int, int]:
+    """Append the outbox events of writers that are gone (killed between committing a change and
+    ledgering it) which the ledger does not hold yet, and clear their rows; see
+    :mod:`medvault.index.outbox`. Returns (events published, rows of live writers left alone);
+    with ``dry_run`` the first number is how many would be."""
+    if archive.audit is None:
+        return 0, 0
+    rows = archive.index.outbox_rows()
+    orphaned = [r for r in rows if not owner_alive(r.owner)]
+    live = len(rows) - len(orphaned)
+    if not orphaned:
+        return 0, live
+    ledger = archive.audit.ledger
+    present = ledger.present_leaves([r.leaf for r in orphaned], start=min(r.after_size for r in orphaned))
+    missing = [r.leaf for r in orphaned if r.leaf not in present]
+    if dry_run:
+        return len(missing), live
+    ledger.append_leaves(missing)
+    archive.index.outbox_done([r.id for r in orphaned])
+    return len(missing), live

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from medvault.access.policy import Action, Context, Decision, DecisionPoint, Principal, Resource, enforce
+from medvault.archive import StoreCheck
 from medvault.errors import NotFound
 from medvault.index.store import Index, StudyFacts
-
-StoreCheck = Callable[[StudyFacts], bool]
 
 MISSING_STUDY = "no such study"
 

@@ -62,7 +62,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
 from medvault.access.policy import Action, Context, DecisionPoint, Grant, Principal
-from medvault.archive import Archive
+from medvault.archive import Archive, StoreCheck
 from medvault.dimse._tls import DimseTls, NodeTls, peer_text
 from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
 from medvault.dimse.permissions import DimseOperation, NodeDecision, decide_node
@@ -81,6 +81,7 @@ from medvault.dimse.query import (
     result_identifier,
 )
 from medvault.errors import ConfigError, IntegrityError, MedvaultError, NotFound, TooLarge
+from medvault.guard import Guard
 from medvault.index.nodes import Node, NodeStore
 from medvault.index.store import Hit, InstanceRecord
 from medvault.ledger.events import Actor, ActorKind
@@ -554,6 +555,18 @@ class DimseServer:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         return b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + body
 
+    def _store_check(self, session: _Session) -> StoreCheck | None:
+        """The node's write check: the same scope rules as every other writer (a node is granted
+        the whole site, so in practice this refuses only what no writer may do)."""
+        if self.pdp is None:
+            return None
+        try:
+            node = self.nodes.get(session.node)
+        except NotFound:
+            return lambda _facts: False
+        guard = Guard(pdp=self.pdp, index=self.archive.index)
+        return guard.store_check(node_principal(node), client=session.peer)
+
     def _on_store(self, event: Any) -> int:
         session, denied = self._authorize(event, DimseOperation.STORE)
         if denied or session is None:
@@ -570,7 +583,9 @@ class DimseServer:
             if mismatch:
                 self._op_event(session, "dimse.store", STATUS_DOES_NOT_MATCH_SOP_CLASS, details, mismatch)
                 return STATUS_DOES_NOT_MATCH_SOP_CLASS
-            outcome = self.archive.store_batch([data], actor=_node_actor(session))[0]
+            outcome = self.archive.store_batch(
+                [data], actor=_node_actor(session), may_store=self._store_check(session)
+            )[0]
         except IdentifierError as exc:
             self._op_event(session, "dimse.store", exc.status, details, str(exc))
             return exc.status

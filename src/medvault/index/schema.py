@@ -89,4 +89,15 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
+# Ledger events of index changes, written in the same transaction as the change and removed once
+# appended to the ledger (a transactional outbox: medvault.index.outbox). Pseudonymous, like the ledger.
+ledger_outbox = Table(
+    "ledger_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(64), nullable=False),  # the writing process (medvault.index.outbox)
+    Column("after_size", BigInteger, nullable=False),  # the ledger's size before they were appended
+    Column("leaf", LargeBinary, nullable=False),
+)
+
 Index("ix_instances_series_number", instances.c.series_id, instances.c.instance_number)

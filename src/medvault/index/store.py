@@ -39,6 +39,7 @@ from medvault.crypto.kek import WrappedKey
 from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
 from medvault.errors import Conflict, StudyMismatch
 from medvault.index import schema as t
+from medvault.index.outbox import Outbox, OutboxRow
 
 Level = Literal["study", "series", "instance"]
 Json = dict[str, Any]
@@ -184,6 +185,13 @@ class StudyCounts:
     modalities: list[str]
 
 
+def _write_outbox(conn: Any, outbox: Outbox) -> None:
+    """The outbox rows of a change, inside the change's own transaction."""
+    for leaf in outbox.leaves:
+        row = insert(t.ledger_outbox).values(owner=outbox.owner, after_size=outbox.after_size, leaf=leaf)
+        outbox.ids.append(int(conn.execute(row).inserted_primary_key[0]))
+
+
 def _first_text(element: Json | None) -> str | None:
     if not element:
         return None
@@ -287,8 +295,9 @@ class Index:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def add_instances(self, items: Sequence[NewInstance]) -> None:
-        """Record instances in one transaction (all or none). ``Conflict`` on a duplicate SOP UID."""
+    def add_instances(self, items: Sequence[NewInstance], *, outbox: Outbox | None = None) -> None:
+        """Record instances in one transaction (all or none). ``Conflict`` on a duplicate SOP UID.
+        ``outbox``: their ledger events, written in the same transaction (medvault.index.outbox)."""
         if not items:
             return
         now = datetime.now(UTC)
@@ -375,12 +384,16 @@ class Index:
                 conn.execute(insert(t.instances), rows)
             except SqlIntegrityError:
                 raise Conflict("an SOP instance of this batch is already stored") from None
+            if outbox is not None:
+                _write_outbox(conn, outbox)
 
-    def delete_instances(self, records: Iterable[InstanceRecord]) -> list[str]:
+    def delete_instances(
+        self, records: Iterable[InstanceRecord], *, outbox: Outbox | None = None
+    ) -> list[str]:
         """Delete instance rows (and with them their wrapped data keys); drop emptied series/studies.
 
         Returns the blob keys to remove from storage. After the commit the WAL is checkpointed and
-        truncated so the destroyed keys leave the -wal file too.
+        truncated so the destroyed keys leave the -wal file too. ``outbox`` as for ``add_instances``.
         """
         ids = [r.id for r in records]
         blob_keys = [r.blob_key for r in records]
@@ -395,6 +408,8 @@ class Index:
                     delete(t.series).where(~exists().where(t.instances.c.series_id == t.series.c.id))
                 )
                 conn.execute(delete(t.studies).where(~exists().where(t.series.c.study_id == t.studies.c.id)))
+                if outbox is not None:
+                    _write_outbox(conn, outbox)
             self.checkpoint()
         return blob_keys
 
@@ -751,6 +766,23 @@ class Index:
                 return
             last_id = rows[-1].id
             yield from (self._record(r) for r in rows)
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        """Remove outbox rows whose events are in the ledger now."""
+        if not ids:
+            return
+        with self._write_lock, self._writer.begin() as conn:
+            for start in range(0, len(ids), _SCAN_BATCH):
+                conn.execute(
+                    delete(t.ledger_outbox).where(
+                        t.ledger_outbox.c.id.in_(list(ids[start : start + _SCAN_BATCH]))
+                    )
+                )
+
+    def outbox_rows(self) -> list[OutboxRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.ledger_outbox).order_by(t.ledger_outbox.c.id)).all()
+        return [OutboxRow(r.id, r.owner, int(r.after_size), bytes(r.leaf)) for r in rows]
 
     def blob_keys(self) -> set[str]:
         """The storage key of every indexed instance (for reconciling storage with the index)."""

@@ -178,6 +178,24 @@ class Ledger:
         """Append events in ONE durable transaction; returns their (consecutive) indices."""
         return self._append_leaves([canonical_bytes(e) for e in events])
 
+    def append_leaves(self, leaves: Sequence[bytes]) -> list[int]:
+        """Append raw leaf bytes in ONE durable transaction, exactly as given.
+
+        For a mirror keeping a copy of another log (the bytes it was served), and for events the
+        archive wrote to its outbox as canonical bytes (:mod:`medvault.index.outbox`).
+        """
+        return self._append_leaves(leaves)
+
+    def present_leaves(self, leaves: Sequence[bytes], *, start: int) -> set[bytes]:
+        """Which of ``leaves`` the log holds at an index of ``start`` or later."""
+        wanted = set(leaves)
+        found: set[bytes] = set()
+        with self._lock:
+            for (data,) in self._conn.execute("SELECT data FROM entries WHERE idx >= ?", (max(0, start),)):
+                if bytes(data) in wanted:
+                    found.add(bytes(data))
+        return found
+
     def record(self, event: AuditEvent) -> None:
         """Queue a READ event (query, retrieve) for the next group commit; returns at once.
 

@@ -132,7 +132,7 @@ def test_a_failed_object_write_indexes_nothing_for_that_instance(
 def test_an_index_failure_removes_the_objects_of_the_batch(
     archive: Archive, blobs: MemoryBlobStore, ct_files: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(_items: object) -> None:
+    def broken(_items: object, **_kwargs: object) -> None:
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(archive.index, "add_instances", broken)

@@ -113,4 +113,4 @@ def test_any_text_is_stored_or_refused(
 
 def test_the_fuzzing_reached_the_index() -> None:
     """The inputs above were instances, not noise: most of them were stored."""
-    assert len(STORED) > 50 and sum(STORED) > len(STORED) // 2, (len(STORED), sum(STORED))
+    assert len(STORED) >= 30 and sum(STORED) > len(STORED) // 2, (len(STORED), sum(STORED))

@@ -1,0 +1,115 @@
+"""The ledger outbox (medvault.index.outbox): a crash between an index change and its ledger event
+cannot leave one without the other. Found by tests/integration/test_crash.py: after kill -9, four
+instances were indexed and had no store event in the ledger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medvault.archive import Archive
+from medvault.audit import LedgerAudit
+from medvault.crypto.fields import BlindIndex, FieldCipher
+from medvault.crypto.kek import KeyringKekProvider
+from medvault.crypto.keyring import Keyring
+from medvault.fsck import publish_outbox
+from medvault.index.outbox import owner_alive, process_tag
+from medvault.index.store import Index
+from medvault.ledger.store import Ledger
+from medvault.sample import generate_study
+from medvault.testing import MemoryBlobStore
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    keyring = Keyring.generate()
+    index = Index.open_sqlite(
+        tmp_path / "index.db",
+        cipher=FieldCipher(keyring.index_key),
+        blind=BlindIndex(keyring.blind_index_key),
+    )
+    ledger = Ledger.open(tmp_path / "ledger.db", signer=None, origin="test.example/ledger")
+    archive = Archive(
+        index=index, blobs=MemoryBlobStore(), keks=KeyringKekProvider(keyring), audit=LedgerAudit(ledger)
+    )
+    yield archive
+    archive.close()
+    ledger.close()
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[bytes]:
+    paths = generate_study(
+        tmp_path / "in", seed=9, series=1, instances=3, rows=8, cols=8, patient_name="O^B", patient_id="OB-1"
+    )
+    return [p.read_bytes() for p in paths]
+
+
+def _store_events(archive: Archive) -> list[bytes]:
+    assert archive.audit is not None
+    ledger = archive.audit.ledger
+    return [e for e in (ledger.entry(i) for i in range(ledger.size)) if b'"kind":"store"' in e]
+
+
+def test_a_store_leaves_no_outbox_rows_and_one_event_each(archive: Archive, files: list[bytes]) -> None:
+    assert all(o.status == "stored" for o in archive.store_batch(files))
+    assert archive.index.outbox_rows() == []
+    assert len(_store_events(archive)) == 3
+
+
+def test_a_crash_before_the_ledger_append_is_repaired_exactly_once(
+    archive: Archive, files: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulate the kill: the index commit (with its outbox rows) happened, the append did not."""
+    monkeypatch.setattr(archive, "_publish", lambda _outbox: None)
+    archive.store_batch(files)
+    rows = archive.index.outbox_rows()
+    assert len(rows) == 3 and _store_events(archive) == []
+    assert publish_outbox(archive) == (0, 3)  # the writer (this process) is alive: hands off
+    dead = "1:never"  # no process 1 started at that time
+    with archive.index._writer.begin() as conn:
+        conn.exec_driver_sql("UPDATE ledger_outbox SET owner = ?", (dead,))
+    assert publish_outbox(archive, dry_run=True) == (3, 0)
+    assert publish_outbox(archive) == (3, 0)
+    assert len(_store_events(archive)) == 3 and archive.index.outbox_rows() == []
+    assert publish_outbox(archive) == (0, 0)
+
+
+def test_a_crash_after_the_ledger_append_is_not_published_twice(
+    archive: Archive, files: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kill came after the append and before the outbox rows went: nothing is appended again."""
+    monkeypatch.setattr(archive.index, "outbox_done", lambda _ids: None)
+    archive.store_batch(files)
+    assert len(_store_events(archive)) == 3
+    with archive.index._writer.begin() as conn:
+        conn.exec_driver_sql("UPDATE ledger_outbox SET owner = '1:never'")
+    monkeypatch.undo()
+    assert publish_outbox(archive) == (0, 0)
+    assert len(_store_events(archive)) == 3 and archive.index.outbox_rows() == []
+
+
+def test_deletes_go_through_the_outbox_too(archive: Archive, files: list[bytes]) -> None:
+    outcomes = archive.store_batch(files)
+    archive.delete(outcomes[0].study_uid or "")
+    assert archive.index.outbox_rows() == []
+    assert archive.audit is not None
+    ledger = archive.audit.ledger
+    deletes = [e for e in (ledger.entry(i) for i in range(ledger.size)) if b'"kind":"delete"' in e]
+    assert len(deletes) == 3
+
+
+def test_owner_tags() -> None:
+    assert owner_alive(process_tag())
+    child = subprocess.run(
+        [sys.executable, "-c", "from medvault.index.outbox import process_tag; print(process_tag())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert child != process_tag() and not owner_alive(child)  # it has exited
+    assert not owner_alive("garbage") and not owner_alive("1:never")
