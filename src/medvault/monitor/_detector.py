@@ -266,6 +266,7 @@ class OnlineMonitor:
         self.depts = _Vocab()
         self.patients = _Vocab()
         self.networks = _Vocab()
+        self.addresses = _Vocab()
         self.devices = _Vocab()
         self.day = -1
         self.last_us = -(2**62)
@@ -305,7 +306,10 @@ class OnlineMonitor:
         # role rows (last row: everyone, for roles first seen today)
         self.r_hour_cost = np.full((n_roles + 1, 24), math.log(24.0))
         self.r_unexpl_cost = np.zeros(n_roles + 1)
-        self.r_norm = {k: np.zeros(n_roles + 1) for k in self.t_norm}
+        self.r_norm = {k: np.full(n_roles + 1, np.inf if k.startswith("sd_") else 0.0) for k in self.t_norm}
+        for k in self.t_norm:
+            if k.startswith("sd_"):
+                self.t_norm[k][:] = np.inf
         self.r_count = n_roles
 
     def _derive_directory(self) -> None:
@@ -320,18 +324,18 @@ class OnlineMonitor:
             self.networks.intern([None if info.home_ip is None else _network(info.home_ip)])
         for pinfo in d.patients.values():
             self.depts.intern([pinfo.dept, None if pinfo.team is None else "team:" + pinfo.team])
-        self.d_role = np.zeros(0, dtype=np.int64)
-        self.d_dept = np.zeros(0, dtype=np.int64)
-        self.d_team = np.zeros(0, dtype=np.int64)
-        self.d_irb = np.zeros(0, dtype=bool)
-        self.d_remote = np.zeros(0, dtype=bool)
-        self.d_home = np.zeros(0, dtype=np.int64)
-        self.d_shift = np.ones((0, 24), dtype=bool)
-        self.d_has_shift = np.zeros(0, dtype=bool)
-        self.f_rule = np.ones((0, len(RULES)))
-        self.p_dept = np.zeros(0, dtype=np.int64)
-        self.p_team = np.zeros(0, dtype=np.int64)
-        self.p_vip = np.zeros(0, dtype=bool)
+        self.d_role = np.full(1, -1, dtype=np.int64)
+        self.d_dept = np.full(1, -1, dtype=np.int64)
+        self.d_team = np.full(1, -1, dtype=np.int64)
+        self.d_irb = np.zeros(1, dtype=bool)
+        self.d_remote = np.zeros(1, dtype=bool)
+        self.d_home = np.full(1, -1, dtype=np.int64)
+        self.d_shift = np.ones((1, 24), dtype=bool)
+        self.d_has_shift = np.zeros(1, dtype=bool)
+        self.f_rule = np.ones((1, len(RULES)))
+        self.p_dept = np.full(1, -1, dtype=np.int64)
+        self.p_team = np.full(1, -1, dtype=np.int64)
+        self.p_vip = np.zeros(1, dtype=bool)
         self._derived_users = self._derived_patients = 0
         self._extend_directory()
 
@@ -465,7 +469,7 @@ class OnlineMonitor:
         u = self.users.intern(batch.user)
         pat = self.patients.intern(batch.patient_id)
         nets = self.networks.intern([None if ip is None else _network(ip) for ip in batch.src_ip])
-        addr = self.networks.intern([None if ip is None else "ip:" + ip for ip in batch.src_ip])
+        addr = self.addresses.intern(batch.src_ip)
         devs = self.devices.intern([None if a is None else _device(a) for a in batch.user_agent])
         ev_role = self.roles.intern(batch.role)
         ev_dept = self.depts.intern(batch.dept)
@@ -635,12 +639,15 @@ class OnlineMonitor:
         )
         remote = np.where(self.d_remote[u], r.remote_factor, 1.0)
         net_pts = np.where(net_known, r.known_network_points, r.new_network_points) * remote
-        pts[:, col[Rule.NEW_NETWORK]] = np.where(net_fresh & mature & ~home & ok, net_pts, 0.0)
+        # failed sign-ins count too: a password tried from a network the user never used is evidence
+        pts[:, col[Rule.NEW_NETWORK]] = np.where(net_fresh & mature & ~home & (ok | login), net_pts, 0.0)
         dev_pts = np.where(dev_known, 0.0, r.new_device_points)
-        pts[:, col[Rule.NEW_DEVICE]] = np.where(dev_fresh & mature & ok, dev_pts, 0.0)
+        pts[:, col[Rule.NEW_DEVICE]] = np.where(dev_fresh & mature & (ok | login), dev_pts, 0.0)
+        # data leaving (download/export) without a care relation weighs more than a look
+        leaving = np.where(out_vol, r.unexplained_out_factor, 1.0)
         pts[:, col[Rule.UNEXPLAINED_ACCESS]] = np.where(
             unexplained,
-            _clip((unexpl_cost - r.unexplained_offset) * r.unexplained_points, r.unexplained_cap),
+            _clip((unexpl_cost - r.unexplained_offset) * r.unexplained_points * leaving, r.unexplained_cap),
             0.0,
         )
         pts[:, col[Rule.NEW_PATIENTS]] = np.where(
@@ -988,10 +995,10 @@ class OnlineMonitor:
                 self.r_unexpl_cost[g_idx] = self.r_unexpl_cost[n_roles]
                 for name in self.r_norm:
                     self.r_norm[name][g_idx] = self.r_norm[name][n_roles]
-        if not np.any(has):
+        if not np.any(has):  # cold start: no norm yet, so no volume is unusual
             for name in self.r_norm:
                 if name.startswith("sd_"):
-                    self.r_norm[name][:] = 1.0
+                    self.r_norm[name][:] = np.inf
             self.r_unexpl_cost[:] = 0.0
         rrow = np.where((role >= 0) & (role < n_roles), role, n_roles)
         w = days / (days + k0)
@@ -1009,9 +1016,9 @@ class OnlineMonitor:
         self.t_hour_cost[:nu] = -np.log((h + 5.0 * rp) / (h.sum(axis=1, keepdims=True) + 5.0))
         # P(unexplained | user) with the role's rate as a prior of weight 20 accesses
         pr = np.exp(-self.r_unexpl_cost[rrow])
-        e, x = uf["expl"][:nu], uf["unexpl"][:nu]
+        ue, ux = uf["expl"][:nu], uf["unexpl"][:nu]
         self.t_unexpl_cost[:nu] = np.where(
-            has, -np.log((x + 20.0 * pr) / (e + x + 20.0)), self.r_unexpl_cost[rrow]
+            has, -np.log((ux + 20.0 * pr) / (ue + ux + 20.0)), self.r_unexpl_cost[rrow]
         )
         self.t_users = nu
 
@@ -1026,7 +1033,7 @@ class OnlineMonitor:
             "feedback": self.feedback.to_json(),
             "vocab": {
                 name: list(getattr(self, name).names)
-                for name in ("users", "roles", "depts", "patients", "networks", "devices")
+                for name in ("users", "roles", "depts", "patients", "networks", "addresses", "devices")
             },
             "day": self.day,
             "last_us": self.last_us,
@@ -1037,7 +1044,7 @@ class OnlineMonitor:
             "today_hours": self.today_hours[:nu].tolist(),
             "prev_out": self.prev_out[:nu].tolist(),
             "dicts": {
-                name: [[k, v] for k, v in getattr(self, name).items()]
+                name: [[k, v] for k, v in sorted(getattr(self, name).items())]
                 for name in (
                     "pair_seen",
                     "team_explained",
@@ -1052,7 +1059,7 @@ class OnlineMonitor:
             },
             "open": [
                 [u, o.incident_id, o.user, o.first_us, o.last_us, o.alerts, o.max_score, o.rules]
-                for u, o in self.open.items()
+                for u, o in sorted(self.open.items())
             ],
         }
 

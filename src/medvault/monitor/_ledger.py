@@ -119,6 +119,8 @@ _ROLE_OF_KIND = {ActorKind.NODE: "node", ActorKind.SYSTEM: "system"}
 def _action_of(event: AuditEvent) -> Action | None:
     if event.kind is K.ALERT:
         return None
+    if event.kind is K.BREAK_GLASS:
+        return A.VIEW  # the break-glass permit (or opening); the read it allows follows as its own event
     if event.kind is K.ASSOCIATION:
         return _DIMSE.get(event.action)
     if event.kind is K.AUTHZ_DECISION:

@@ -83,6 +83,7 @@ class Rules:
     unexplained_points: float = 1.5  # per nat of surprise -ln P(unexplained | user, role)
     unexplained_offset: float = 0.5  # nats of surprise that earn nothing
     unexplained_cap: float = 6.0
+    unexplained_out_factor: float = 1.5  # unexplained downloads/exports: data leaving
     new_patients_z: float = 3.0  # distinct unexplained patients today against the user's norm
     new_patients_points: float = 1.0
     new_patients_cap: float = 8.0
