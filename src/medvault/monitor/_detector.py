@@ -91,17 +91,19 @@ class _Vocab:
 
     def intern(self, values: Sequence[str | None]) -> I64:
         ids, names = self.ids, self.names
-        out = np.empty(len(values), dtype=np.int64)
-        for i, v in enumerate(values):
-            if v is None:
-                out[i] = -1
-                continue
-            k = ids.get(v)
-            if k is None:
-                k = ids[v] = len(names)
-                names.append(v)
-            out[i] = k
-        return out
+        codes: list[int | None] = list(map(ids.get, values))  # C speed for names already known
+        if None in codes:
+            for i, v in enumerate(values):
+                if codes[i] is None:
+                    if v is None:
+                        codes[i] = -1
+                        continue
+                    k = ids.get(v)
+                    if k is None:
+                        k = ids[v] = len(names)
+                        names.append(v)
+                    codes[i] = k
+        return np.array(codes, dtype=np.int64)
 
 
 def _grow(a: npt.NDArray[Any], n: int, fill: float = 0) -> npt.NDArray[Any]:
@@ -208,6 +210,9 @@ class ScoredBatch:
             yield self.event(i)
 
     def event(self, i: int) -> ScoredEvent:
+        score = float(self.score[i])
+        if score == 0.0:  # points are never negative: nothing fired (most events)
+            return ScoredEvent(self.event_id[i], 0.0, False, "none", None, (), {}, {})
         row = self.points[i]
         return ScoredEvent(
             event_id=self.event_id[i],
@@ -244,6 +249,7 @@ class _Open:
         )
 
 
+_VOCABS = ("users", "roles", "depts", "patients", "networks", "addresses", "devices", "agents")
 _USER_F = ("mu_read", "var_read", "mu_out", "var_out", "mu_new", "var_new", "expl", "unexpl")
 _USER_I = ("days", "today_read", "today_out", "today_new", "today_expl", "today_unexpl", "today_any", "role")
 
@@ -266,7 +272,10 @@ class OnlineMonitor:
         self.depts = _Vocab()
         self.patients = _Vocab()
         self.networks = _Vocab()
-        self.addresses = _Vocab()
+        self.addresses = _Vocab()  # raw source addresses -> their network (addr_net)
+        self.agents = _Vocab()  # raw user agents -> their device family (agent_dev)
+        self.addr_net = np.zeros(0, dtype=np.int64)
+        self.agent_dev = np.zeros(0, dtype=np.int64)
         self.devices = _Vocab()
         self.day = -1
         self.last_us = -(2**62)
@@ -391,6 +400,17 @@ class OnlineMonitor:
                 self.p_vip[i] = pinfo.vip
         self._derived_users, self._derived_patients = nu, npat
 
+    def _derive_families(self) -> None:
+        """Network of each new address and device family of each new user agent, in id order."""
+        for vocab, table, derive, target in (
+            (self.addresses, "addr_net", _network, self.networks),
+            (self.agents, "agent_dev", _device, self.devices),
+        ):
+            have = getattr(self, table)
+            if len(have) < len(vocab):
+                new = target.intern([derive(x) for x in vocab.names[len(have) :]])
+                setattr(self, table, np.concatenate([have, new]))
+
     def _ensure_capacity(self) -> None:
         nu = len(self.users)
         if self.hours.shape[0] >= nu:
@@ -468,9 +488,11 @@ class OnlineMonitor:
     def _intern(self, batch: EventBatch) -> dict[str, I64]:
         u = self.users.intern(batch.user)
         pat = self.patients.intern(batch.patient_id)
-        nets = self.networks.intern([None if ip is None else _network(ip) for ip in batch.src_ip])
         addr = self.addresses.intern(batch.src_ip)
-        devs = self.devices.intern([None if a is None else _device(a) for a in batch.user_agent])
+        agent = self.agents.intern(batch.user_agent)
+        self._derive_families()
+        nets = np.where(addr >= 0, self.addr_net[np.maximum(addr, 0)], -1)
+        devs = np.where(agent >= 0, self.agent_dev[np.maximum(agent, 0)], -1)
         ev_role = self.roles.intern(batch.role)
         ev_dept = self.depts.intern(batch.dept)
         self._extend_directory()
@@ -1033,7 +1055,7 @@ class OnlineMonitor:
             "feedback": self.feedback.to_json(),
             "vocab": {
                 name: list(getattr(self, name).names)
-                for name in ("users", "roles", "depts", "patients", "networks", "addresses", "devices")
+                for name in ("users", "roles", "depts", "patients", "networks", "addresses", "devices", "agents")
             },
             "day": self.day,
             "last_us": self.last_us,
@@ -1075,7 +1097,12 @@ class OnlineMonitor:
                 feedback=Feedback.from_json(state["feedback"]),
             )
             for name, names in state["vocab"].items():
+                if name not in _VOCABS:
+                    raise ValueError(name)
                 setattr(m, name, _Vocab([str(x) for x in names]))
+            m.addr_net = np.zeros(0, dtype=np.int64)
+            m.agent_dev = np.zeros(0, dtype=np.int64)
+            m._derive_families()
             nu = len(m.users)
             cap = max(nu, 1)
             m.uf = {k: np.array(state["uf"][k] + [0.0] * (cap - nu), dtype=np.float64) for k in _USER_F}
