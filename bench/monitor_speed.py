@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import monitor_generate
-
 from medvault.monitor import EventBatch, OnlineMonitor, replay
 from medvault.monitor.files import load_directory, read_event_file, replay_file
 
@@ -43,7 +42,9 @@ def main() -> None:
     n = sum(len(b) for b in batches)
     events = [e for b in batches for e in _objects(b)]
     print(f"log: {n} events, {a.days} days, 160 users; target {TARGET:,} events/s")
-    rows: dict[str, list[float]] = {"observe_batch": [], "replay(objects)": [], "replay_file": [], "observe(1)": []}
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("observe_batch", "replay(objects)", "replay_file", "observe(1)")
+    }
     for _ in range(a.rounds):
         m = OnlineMonitor(directory=directory)
         t = time.perf_counter()
@@ -66,7 +67,8 @@ def main() -> None:
         rows["observe(1)"].append(k / (time.perf_counter() - t))
     for name, vals in rows.items():
         lo, hi = min(vals), max(vals)
-        print(f"{name:18} {lo:>10,.0f} - {hi:>10,.0f} events/s   x{lo / TARGET:.2f} - x{hi / TARGET:.2f} of target")
+        ratio = f"x{lo / TARGET:.2f} - x{hi / TARGET:.2f}"
+        print(f"{name:18} {lo:>10,.0f} - {hi:>10,.0f} events/s   {ratio} of target")
 
 
 def _objects(b: EventBatch) -> list:  # type: ignore[type-arg]

@@ -18,7 +18,7 @@ from medvault.monitor._events import (
     parse_event_line,
     read_batches,
 )
-from medvault.monitor._ledger import from_ledger, to_ledger
+from medvault.monitor._ledger import alert_event, from_ledger, to_ledger
 from medvault.monitor._replay import replay
 from medvault.monitor._rules import Disposition, Feedback, Rule, Rules, apply_disposition
 
@@ -37,6 +37,7 @@ __all__ = [
     "ScoredBatch",
     "ScoredEvent",
     "UserInfo",
+    "alert_event",
     "apply_disposition",
     "from_ledger",
     "iter_events",

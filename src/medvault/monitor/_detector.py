@@ -25,12 +25,13 @@ scores ~10x slower. scikit-learn's IsolationForest is the baseline the quality b
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -91,7 +92,8 @@ class _Vocab:
 
     def intern(self, values: Sequence[str | None]) -> I64:
         ids, names = self.ids, self.names
-        codes: list[int | None] = list(map(ids.get, values))  # C speed for names already known
+        lookup = cast("Callable[[str | None], int | None]", ids.get)
+        codes: list[int | None] = list(map(lookup, values))  # C speed for names already known
         if None in codes:
             for i, v in enumerate(values):
                 if codes[i] is None:
@@ -104,6 +106,13 @@ class _Vocab:
                         names.append(v)
                     codes[i] = k
         return np.array(codes, dtype=np.int64)
+
+
+def _gather(table: I64, idx: I64) -> I64:
+    """``table[idx]``, and -1 where ``idx`` is -1 (unknown)."""
+    if len(table) == 0:
+        return np.full(len(idx), -1, dtype=np.int64)
+    return np.where(idx >= 0, table[np.maximum(idx, 0)], -1)
 
 
 def _grow(a: npt.NDArray[Any], n: int, fill: float = 0) -> npt.NDArray[Any]:
@@ -176,6 +185,8 @@ class ScoredEvent:
     points: Mapping[str, float]
     features: Mapping[str, float]
     incident: Incident | None = None
+    user: str = ""
+    patient_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The OUT.jsonl object."""
@@ -201,6 +212,8 @@ class ScoredBatch:
     reasons: dict[int, tuple[str, ...]]
     features: dict[int, dict[str, float]]
     incidents: dict[int, Incident]
+    user: list[str] = field(default_factory=list)
+    patient_id: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -212,7 +225,9 @@ class ScoredBatch:
     def event(self, i: int) -> ScoredEvent:
         score = float(self.score[i])
         if score == 0.0:  # points are never negative: nothing fired (most events)
-            return ScoredEvent(self.event_id[i], 0.0, False, "none", None, (), {}, {})
+            return ScoredEvent(
+                self.event_id[i], 0.0, False, "none", None, (), {}, {}, None, self.user[i], self.patient_id[i]
+            )
         row = self.points[i]
         return ScoredEvent(
             event_id=self.event_id[i],
@@ -224,6 +239,8 @@ class ScoredBatch:
             points={r.value: float(row[k]) for k, r in enumerate(RULES) if row[k] > 0},
             features=self.features.get(i, {}),
             incident=self.incidents.get(i),
+            user=self.user[i],
+            patient_id=self.patient_id[i],
         )
 
 
@@ -263,7 +280,13 @@ class OnlineMonitor:
         directory: Directory | None = None,
         rules: Rules | None = None,
         feedback: Feedback | None = None,
+        late: str = "error",
     ) -> None:
+        if late not in ("error", "clamp"):
+            raise MonitorStateInvalid('late must be "error" or "clamp"')
+        # "clamp": an event stamped earlier than the one before it (clocks of several workers
+        # writing one ledger) is scored as if it came at that earlier event's time, never refused
+        self.late = late
         self.rules = rules or Rules()
         self.feedback = feedback or Feedback()
         self.directory = directory or Directory.empty()
@@ -456,6 +479,9 @@ class OnlineMonitor:
         """Score events in time order, each from the state before it, and learn from them."""
         n = len(batch)
         ts = batch.ts_us
+        if self.late == "clamp" and n and (ts[0] < self.last_us or bool(np.any(ts[1:] < ts[:-1]))):
+            ts = np.maximum.accumulate(np.maximum(ts, self.last_us))
+            batch = dataclasses.replace(batch, ts_us=ts)
         if n and (ts[0] < self.last_us or bool(np.any(ts[1:] < ts[:-1]))):
             bad = 0 if ts[0] < self.last_us else int(np.argmax(ts[1:] < ts[:-1])) + 1
             raise EventOutOfOrder(f"event {bad + 1} of the batch is earlier than the event before it")
@@ -469,6 +495,8 @@ class OnlineMonitor:
             reasons={},
             features={},
             incidents={},
+            user=batch.user,
+            patient_id=batch.patient_id,
         )
         if n == 0:
             return out
@@ -491,8 +519,8 @@ class OnlineMonitor:
         addr = self.addresses.intern(batch.src_ip)
         agent = self.agents.intern(batch.user_agent)
         self._derive_families()
-        nets = np.where(addr >= 0, self.addr_net[np.maximum(addr, 0)], -1)
-        devs = np.where(agent >= 0, self.agent_dev[np.maximum(agent, 0)], -1)
+        nets = _gather(self.addr_net, addr)
+        devs = _gather(self.agent_dev, agent)
         ev_role = self.roles.intern(batch.role)
         ev_dept = self.depts.intern(batch.dept)
         self._extend_directory()
@@ -1051,11 +1079,21 @@ class OnlineMonitor:
         nu = len(self.users)
         return {
             "version": STATE_VERSION,
+            "late": self.late,
             "rules": self.rules.to_json(),
             "feedback": self.feedback.to_json(),
             "vocab": {
                 name: list(getattr(self, name).names)
-                for name in ("users", "roles", "depts", "patients", "networks", "addresses", "devices", "agents")
+                for name in (
+                    "users",
+                    "roles",
+                    "depts",
+                    "patients",
+                    "networks",
+                    "addresses",
+                    "devices",
+                    "agents",
+                )
             },
             "day": self.day,
             "last_us": self.last_us,
@@ -1095,6 +1133,7 @@ class OnlineMonitor:
                 directory=directory,
                 rules=Rules.from_json(state["rules"]),
                 feedback=Feedback.from_json(state["feedback"]),
+                late=str(state.get("late", "error")),
             )
             for name, names in state["vocab"].items():
                 if name not in _VOCABS:

@@ -21,6 +21,7 @@ start/stop.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -35,9 +36,10 @@ from medvault.ledger.events import (
     Scalar,
     canonical_bytes,
 )
+from medvault.monitor._detector import ScoredEvent
 from medvault.monitor._events import Action, MonitorEvent
 
-__all__ = ["from_ledger", "to_ledger"]
+__all__ = ["alert_event", "from_ledger", "to_ledger"]
 
 K = EventKind
 A = Action
@@ -111,6 +113,9 @@ _TO_KIND: dict[Action, tuple[EventKind, str]] = {
     A.USER_MGMT: (K.USER_CHANGE, "users.manage"),
     A.AUDIT_QUERY: (K.QUERY, "ledger.read"),
 }
+
+_PSEUDONYM_RE = re.compile(r"[0-9a-f]{32,128}\Z")
+MONITOR_ACTOR = Actor(kind=ActorKind.SYSTEM, id="medvault-monitor")
 
 _ACTOR_PREFIX = {ActorKind.NODE: "node:", ActorKind.APIKEY: "apikey:", ActorKind.SYSTEM: "system:"}
 _ROLE_OF_KIND = {ActorKind.NODE: "node", ActorKind.SYSTEM: "system"}
@@ -216,3 +221,32 @@ def to_ledger(
         )
     except InvalidInput as exc:  # the ledger model's checks (pseudonym, text sizes)
         raise EventInvalid(f"event cannot be ledgered: {exc.message}", hint=exc.hint or None) from None
+
+
+def alert_event(scored: ScoredEvent, *, time: datetime) -> AuditEvent:
+    """The ledger ``alert`` event for an alerting :class:`ScoredEvent` (what the online worker
+    appends). It names the source event, user, incident, severity, score (in thousandths: ledger
+    details hold no floats) and rules; the reasons, which carry numbers and hours but no patient
+    data, go in ``reason``. The patient appears only if it is a keyed pseudonym."""
+    patient = scored.patient_id if scored.patient_id and _PSEUDONYM_RE.match(scored.patient_id) else None
+    details: dict[str, Scalar] = {
+        "source_event_id": scored.event_id[:500],
+        "subject": scored.user[:500],
+        "severity": scored.severity,
+        "score_milli": round(scored.score * 1000),
+        "rules": ",".join(sorted(scored.points)),
+    }
+    if scored.incident is not None:
+        details["incident_alerts"] = scored.incident.alerts
+        details["incident_score_milli"] = round(scored.incident.score * 1000)
+    return AuditEvent(
+        kind=K.ALERT,
+        time=time,
+        actor=MONITOR_ACTOR,
+        action="monitor.alert",
+        outcome=Outcome.SUCCESS,
+        object=ObjectRef(type="incident", id=scored.incident_id) if scored.incident_id else None,
+        patient=patient,
+        reason="; ".join(scored.reasons)[:2000] or None,
+        details=details,
+    )

@@ -303,3 +303,14 @@ def test_rules_from_json_round_trip_and_refusals() -> None:
         Rules(alert_score=-1)
     with pytest.raises(MonitorStateInvalid):
         Rules(alert_score=20, high_score=10)
+
+
+def test_late_events_can_be_clamped_for_the_online_worker() -> None:
+    m = OnlineMonitor(late="clamp")
+    m.observe(LOG[10])
+    scored = m.observe(LOG[0])  # a worker's clock behind: scored at the later time, not refused
+    assert scored.event_id == LOG[0].event_id
+    again = OnlineMonitor.restore(json.loads(json.dumps(m.snapshot())))
+    assert again.late == "clamp"
+    with pytest.raises(MonitorStateInvalid):
+        OnlineMonitor(late="drop")

@@ -65,6 +65,7 @@ def test_public_surface() -> None:
         "ScoredBatch",
         "ScoredEvent",
         "UserInfo",
+        "alert_event",
         "apply_disposition",
         "from_ledger",
         "iter_events",

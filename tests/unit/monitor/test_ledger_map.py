@@ -19,7 +19,7 @@ from medvault.ledger.events import (
     canonical_bytes,
     parse_event,
 )
-from medvault.monitor import Action, MonitorEvent, from_ledger, to_ledger
+from medvault.monitor import Action, MonitorEvent, alert_event, from_ledger, to_ledger
 
 T = datetime(2026, 3, 2, 8, tzinfo=UTC)
 PSEUDO = "ab" * 16
@@ -202,3 +202,35 @@ def test_to_ledger_pseudonymizes_or_refuses_raw_patient_ids() -> None:
 def test_monitor_node_users_map_back_to_node_actors() -> None:
     e = MonitorEvent(event_id="x", ts=T, user="node:pacs", action=Action.RETRIEVE)
     assert to_ledger(e).actor.kind is ActorKind.NODE and to_ledger(e).actor.id == "pacs"
+
+
+def test_alert_event_is_a_valid_ledger_event_and_never_fed_back() -> None:
+    from medvault.monitor import OnlineMonitor
+
+    m = OnlineMonitor()
+    fails = [
+        MonitorEvent(event_id=f"f{i}", ts=T + timedelta(seconds=i), user="ana", action=Action.LOGIN,
+                     outcome="failure", patient_id=None)
+        for i in range(8)
+    ]  # fmt: skip
+    scored = [m.observe(e) for e in fails][-1]
+    assert scored.alert and scored.user == "ana"
+    alert = alert_event(scored, time=T)
+    leaf = canonical_bytes(alert)
+    back = parse_event(leaf)
+    assert back.kind is EventKind.ALERT and back.object is not None and back.object.id == scored.incident_id
+    assert back.details["subject"] == "ana" and back.details["severity"] == scored.severity
+    assert back.details["score_milli"] == round(scored.score * 1000)
+    assert back.reason and "failed sign-ins" in back.reason
+    assert from_ledger(back) is None
+
+
+def test_alert_event_keeps_only_pseudonymous_patients() -> None:
+    from medvault.monitor import ScoredEvent
+
+    s = ScoredEvent(
+        "e", 7.0, True, "medium", "inc-000001", ("VIP patient",), {"vip": 7.0}, {}, None, "ana", "MRN1"
+    )
+    assert alert_event(s, time=T).patient is None
+    s2 = ScoredEvent("e", 7.0, True, "medium", None, (), {"vip": 7.0}, {}, None, "ana", PSEUDO)
+    assert alert_event(s2, time=T).patient == PSEUDO
