@@ -637,8 +637,10 @@ class OnlineMonitor:
                 n_fail_addr[li[has]] = self._window(self.fail_addr, addr[has], rel_t[li][has], fail[li][has])
 
         # -- networks and devices ---------------------------------------------------------------
-        net_fresh, net_known, net_first = self._novelty(u, ids["net"], rel_t, self.user_net, self.net_users)
-        dev_fresh, dev_known, _ = self._novelty(u, ids["dev"], rel_t, self.user_dev, self.dev_users)
+        net_fresh, net_known, net_first = self._novelty(
+            u, ids["net"], rel_t, ok, self.user_net, self.net_users
+        )
+        dev_fresh, dev_known, _ = self._novelty(u, ids["dev"], rel_t, ok, self.user_dev, self.dev_users)
         home = (self.d_home[u] >= 0) & (self.d_home[u] == ids["net"])
         mature = ui["days"][u] >= r.min_history_days
 
@@ -806,10 +808,12 @@ class OnlineMonitor:
         return c - (hi - lo)
 
     def _novelty(
-        self, u: I64, key_id: I64, rel_t: I64, user_key: dict[int, int], key_users: dict[int, int]
+        self, u: I64, key_id: I64, rel_t: I64, ok: B, user_key: dict[int, int], key_users: dict[int, int]
     ) -> tuple[B, B, I64]:
         """For each event: is its network/device new for the user (first seen within fresh_hours),
-        was it already used by site_min_users other users, and when the user first used it."""
+        was it already used by site_min_users other users, and when the user first used it. Only
+        successful events teach a network or device: a password spray from one address must not
+        make that address "known on site"."""
         n = len(u)
         fresh = np.zeros(n, dtype=bool)
         known = np.zeros(n, dtype=bool)
@@ -818,13 +822,26 @@ class OnlineMonitor:
         if not len(ki):
             return fresh, known, first_t
         pk = (u[ki] << _SHIFT) | key_id[ki]
-        uk, first, inv = _first_index(pk)
-        state_first = _lookup(user_key, uk)
-        ft = np.where(state_first[inv] >= 0, state_first[inv], rel_t[ki][first[inv]])
+        t = rel_t[ki]
+        pos = np.arange(len(ki), dtype=np.int64)
+        state_first = _lookup(user_key, pk)
+        # the first successful use of the same (user, key) in this batch, at or before each event
+        first_ok = np.full(len(ki), len(ki), dtype=np.int64)
+        learn = ok[ki]
+        li = np.flatnonzero(learn)
+        if len(li):
+            luk, lfirst, _ = _first_index(pk[li])
+            at = np.clip(np.searchsorted(luk, pk), 0, len(luk) - 1)
+            found = luk[at] == pk
+            first_ok = np.where(found, li[lfirst[at]], len(ki))
+        seen_ok = first_ok <= pos
+        ft = np.where(
+            state_first >= 0, state_first, np.where(seen_ok, t[np.minimum(first_ok, len(ki) - 1)], t)
+        )
         first_t[ki] = ft
-        fresh[ki] = rel_t[ki] - ft < self.rules.fresh_hours * 3600
-        # distinct users of this key before the event: state + new (user, key) pairs earlier here
-        is_new_pair = (state_first[inv] < 0) & (np.arange(len(ki)) == first[inv])
+        fresh[ki] = t - ft < self.rules.fresh_hours * 3600
+        # distinct users who used this key successfully before the event: state + new pairs here
+        is_new_pair = learn & (state_first < 0) & (first_ok == pos)
         before = _lookup(key_users, key_id[ki], 0) + _cum_flag(key_id[ki], is_new_pair) - is_new_pair
         known[ki] = before >= self.rules.site_min_users
         return fresh, known, first_t
@@ -946,7 +963,7 @@ class OnlineMonitor:
             (ids["net"], self.user_net, self.net_users),
             (ids["dev"], self.user_dev, self.dev_users),
         ):
-            ki = np.flatnonzero(key_id >= 0)
+            ki = np.flatnonzero((key_id >= 0) & ~fail)  # only successful use teaches a network/device
             pk = ((u[ki] << _SHIFT) | key_id[ki]).tolist()
             for k, kid, t in zip(pk, key_id[ki].tolist(), rel_t[ki].tolist(), strict=True):
                 if k not in user_key:
