@@ -39,6 +39,7 @@ DAY_US = 86_400 * 1_000_000
 
 RULES_ONLY = Rules(
     unusual_hour_points=0.0,
+    rare_action_points=0.0,
     unexplained_points=0.0,
     new_patients_points=0.0,
     vip_unexplained_points=Rules().vip_points,

@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from medvault.errors import EventOutOfOrder, MonitorStateInvalid
 from medvault.monitor._directory import Directory
-from medvault.monitor._events import ACTION_CODE, EventBatch, MonitorEvent
+from medvault.monitor._events import ACTION_CODE, ACTIONS, EventBatch, MonitorEvent
 from medvault.monitor._rules import RULES, Disposition, Feedback, Rule, Rules, apply_disposition
 
 __all__ = ["Incident", "OnlineMonitor", "ScoredBatch", "ScoredEvent", "Severity"]
@@ -308,6 +308,8 @@ class OnlineMonitor:
         self.ui: dict[str, I64] = {k: np.full(cap, -1 if k == "role" else 0, dtype=np.int64) for k in _USER_I}
         self.hours = np.zeros((cap, 24))
         self.today_hours = np.zeros((cap, 24), dtype=np.int64)
+        self.actions = np.zeros((cap, len(ACTIONS)))  # decayed counts of each action per user
+        self.today_actions = np.zeros((cap, len(ACTIONS)), dtype=np.int64)
         self.prev_out = np.zeros((cap, 6), dtype=np.int64)  # downloads+exports of the 6 days before
         self.pair_seen: dict[int, int] = {}  # user<<31|patient -> last day touched
         self.team_explained: dict[int, int] = {}  # team<<31|patient -> last day of an explained touch
@@ -330,6 +332,7 @@ class OnlineMonitor:
         cap = self.hours.shape[0]
         self.t_users = 0  # users that have rows in the tables below
         self.t_hour_cost = np.full((cap, 24), math.log(24.0))
+        self.t_action_cost = np.full((cap, len(ACTIONS)), math.log(len(ACTIONS)))
         self.t_unexpl_cost = np.zeros(cap)
         self.t_norm = {
             k: np.zeros(cap) for k in ("mu_read", "sd_read", "mu_out", "sd_out", "mu_new", "sd_new")
@@ -337,6 +340,7 @@ class OnlineMonitor:
         self.t_norm_sd_default = 0.0
         # role rows (last row: everyone, for roles first seen today)
         self.r_hour_cost = np.full((n_roles + 1, 24), math.log(24.0))
+        self.r_action_cost = np.full((n_roles + 1, len(ACTIONS)), math.log(len(ACTIONS)))
         self.r_unexpl_cost = np.zeros(n_roles + 1)
         self.r_norm = {k: np.full(n_roles + 1, np.inf if k.startswith("sd_") else 0.0) for k in self.t_norm}
         for k in self.t_norm:
@@ -444,6 +448,8 @@ class OnlineMonitor:
             self.ui[k] = _grow(self.ui[k], nu, -1 if k == "role" else 0)
         self.hours = _grow(self.hours, nu)
         self.today_hours = _grow(self.today_hours, nu)
+        self.actions = _grow(self.actions, nu)
+        self.today_actions = _grow(self.today_actions, nu)
         self.prev_out = _grow(self.prev_out, nu)
 
     def set_directory(self, directory: Directory) -> None:
@@ -658,6 +664,8 @@ class OnlineMonitor:
             return nm[name]
 
         hour_cost = np.where(known_user, self.t_hour_cost[urow, hour], self.r_hour_cost[rrow, hour])
+        a64 = act.astype(np.int64)
+        action_cost = np.where(known_user, self.t_action_cost[urow, a64], self.r_action_cost[rrow, a64])
         unexpl_cost = np.where(known_user, self.t_unexpl_cost[urow], self.r_unexpl_cost[rrow])
 
         # -- points ------------------------------------------------------------------------------
@@ -675,6 +683,9 @@ class OnlineMonitor:
             active & ok,
             _clip((hour_cost - r.unusual_hour_surprise) * r.unusual_hour_points, r.unusual_hour_cap),
             0.0,
+        )
+        pts[:, col[Rule.RARE_ACTION]] = np.where(
+            ok, _clip((action_cost - r.rare_action_surprise) * r.rare_action_points, r.rare_action_cap), 0.0
         )
         z_read = (x_read - norm("mu_read")) / norm("sd_read")
         z_out = (x_out - norm("mu_out")) / norm("sd_out")
@@ -748,6 +759,7 @@ class OnlineMonitor:
                 "unexplained_patients_today": float(x_new[i]),
                 "unexplained_patients_norm": float(norm("mu_new")[i]),
                 "hour_surprise": float(hour_cost[i]),
+                "action_surprise": float(action_cost[i]),
                 "unexplained_surprise": float(unexpl_cost[i]),
                 "first_access_to_patient": float(touch[i] and not pair_seen[i]),
                 "care_relation": float(explained[i]),
@@ -756,7 +768,13 @@ class OnlineMonitor:
             out.features[j] = feats
             out.reasons[j] = tuple(
                 self._reasons(
-                    pts[i], feats, bool(access[i]), bool(pair_seen[i]), bool(dir_dept[i]), bool(net_known[i])
+                    pts[i],
+                    feats,
+                    bool(access[i]),
+                    bool(pair_seen[i]),
+                    bool(dir_dept[i]),
+                    bool(net_known[i]),
+                    ACTIONS[int(act[i])].value,
                 )
             )
             if alert[i]:
@@ -847,7 +865,14 @@ class OnlineMonitor:
         return fresh, known, first_t
 
     def _reasons(
-        self, p: F64, f: dict[str, float], access: bool, seen: bool, dept_only: bool, net_known: bool
+        self,
+        p: F64,
+        f: dict[str, float],
+        access: bool,
+        seen: bool,
+        dept_only: bool,
+        net_known: bool,
+        action: str,
     ) -> list[str]:
         out: list[str] = []
         pts = dict(zip(RULES, p.tolist(), strict=True))
@@ -872,6 +897,8 @@ class OnlineMonitor:
             out.append(f"outside shift (hour {f['hour']:.0f})")
         if pts[Rule.UNUSUAL_HOUR] > 0:
             out.append(f"unusual hour for this user (hour {f['hour']:.0f})")
+        if pts[Rule.RARE_ACTION] > 0:
+            out.append(f"{action}: an action this user rarely takes")
         if pts[Rule.VOLUME_READ] > 0:
             out.append(f"{f['reads_today']:.0f} views/retrievals today (norm {f['reads_norm']:.1f})")
         if pts[Rule.VOLUME_OUT] > 0:
@@ -949,6 +976,7 @@ class OnlineMonitor:
         add("today_unexpl", unexplained)
         add("today_any", np.ones(len(u), dtype=bool))
         np.add.at(self.today_hours, (u, hour), 1)
+        np.add.at(self.today_actions, (u[~fail], batch.action[~fail].astype(np.int64)), 1)
         last = len(u) - 1 - np.unique(u[::-1], return_index=True)[1]
         ui["role"][u[last]] = ids["role"][last]
         today = self.day
@@ -1005,6 +1033,9 @@ class OnlineMonitor:
             self.hours[:nu] = np.where(
                 act[:, None], self.hours[:nu] * (1.0 - a) + self.today_hours[:nu], self.hours[:nu]
             )
+            self.actions[:nu] = np.where(
+                act[:, None], self.actions[:nu] * (1.0 - a) + self.today_actions[:nu], self.actions[:nu]
+            )
             for name, cnt in (("expl", "today_expl"), ("unexpl", "today_unexpl")):
                 uf[name][:nu] = np.where(act, uf[name][:nu] * (1.0 - a) + ui[cnt][:nu], uf[name][:nu])
             ui["days"][:nu] += act
@@ -1016,6 +1047,7 @@ class OnlineMonitor:
             for name in ("today_read", "today_out", "today_new", "today_expl", "today_unexpl", "today_any"):
                 ui[name][:] = 0
             self.today_hours[:] = 0
+            self.today_actions[:] = 0
             if day % 7 == 0:
                 self._prune(day)
         self.day = day
@@ -1053,12 +1085,16 @@ class OnlineMonitor:
             ).sum(axis=0)
             p = (prof + 0.5) / (prof.sum() + 12.0)
             self.r_hour_cost[g_idx] = -np.log(p)
+            acts = self.actions[members]
+            prof = (acts / np.maximum(acts.sum(axis=1, keepdims=True), 1e-9)).sum(axis=0)
+            self.r_action_cost[g_idx] = -np.log((prof + 0.5) / (prof.sum() + 0.5 * len(ACTIONS)))
             e, x = float(uf["expl"][members].sum()), float(uf["unexpl"][members].sum())
             self.r_unexpl_cost[g_idx] = -math.log((x + 1.0) / (e + x + 2.0))
         # each role row missing members falls back to everyone's row
         for g_idx in range(n_roles):
             if len(groups[g_idx]) == 0:
                 self.r_hour_cost[g_idx] = self.r_hour_cost[n_roles]
+                self.r_action_cost[g_idx] = self.r_action_cost[n_roles]
                 self.r_unexpl_cost[g_idx] = self.r_unexpl_cost[n_roles]
                 for name in self.r_norm:
                     self.r_norm[name][g_idx] = self.r_norm[name][n_roles]
@@ -1081,6 +1117,10 @@ class OnlineMonitor:
         rp = np.exp(-self.r_hour_cost[rrow])
         h = self.hours[:nu]
         self.t_hour_cost[:nu] = -np.log((h + 5.0 * rp) / (h.sum(axis=1, keepdims=True) + 5.0))
+        # action mix: the same, with the role's mix as the prior
+        rp = np.exp(-self.r_action_cost[rrow])
+        h = self.actions[:nu]
+        self.t_action_cost[:nu] = -np.log((h + 5.0 * rp) / (h.sum(axis=1, keepdims=True) + 5.0))
         # P(unexplained | user) with the role's rate as a prior of weight 20 accesses
         pr = np.exp(-self.r_unexpl_cost[rrow])
         ue, ux = uf["expl"][:nu], uf["unexpl"][:nu]
@@ -1119,6 +1159,8 @@ class OnlineMonitor:
             "ui": {k: v[:nu].tolist() for k, v in self.ui.items()},
             "hours": self.hours[:nu].tolist(),
             "today_hours": self.today_hours[:nu].tolist(),
+            "actions": self.actions[:nu].tolist(),
+            "today_actions": self.today_actions[:nu].tolist(),
             "prev_out": self.prev_out[:nu].tolist(),
             "dicts": {
                 name: [[k, v] for k, v in sorted(getattr(self, name).items())]
@@ -1166,8 +1208,12 @@ class OnlineMonitor:
             m.hours = np.array(state["hours"], dtype=np.float64).reshape(nu, 24)
             m.today_hours = np.array(state["today_hours"], dtype=np.int64).reshape(nu, 24)
             m.prev_out = np.array(state["prev_out"], dtype=np.int64).reshape(nu, 6)
+            m.actions = np.array(state["actions"], dtype=np.float64).reshape(nu, len(ACTIONS))
+            m.today_actions = np.array(state["today_actions"], dtype=np.int64).reshape(nu, len(ACTIONS))
             if nu == 0:
                 m.hours, m.today_hours = np.zeros((1, 24)), np.zeros((1, 24), dtype=np.int64)
+                m.actions = np.zeros((1, len(ACTIONS)))
+                m.today_actions = np.zeros((1, len(ACTIONS)), dtype=np.int64)
                 m.prev_out = np.zeros((1, 6), dtype=np.int64)
             for name, items in state["dicts"].items():
                 if name.startswith("fail_"):

@@ -26,6 +26,7 @@ class Rule(enum.StrEnum):
     FAILED_LOGIN_ADDRESS = "failed_login_address"
     OUTSIDE_SHIFT = "outside_shift"
     UNUSUAL_HOUR = "unusual_hour"
+    RARE_ACTION = "rare_action"
     VOLUME_READ = "volume_read"
     VOLUME_OUT = "volume_out"
     VOLUME_WEEK = "volume_week"
@@ -63,6 +64,9 @@ class Rules:
     unusual_hour_surprise: float = 3.5  # -ln P(hour | user's history) above which points start
     unusual_hour_points: float = 1.0  # per nat beyond
     unusual_hour_cap: float = 3.0
+    rare_action_surprise: float = 3.5  # -ln P(action | user's history) above which points start
+    rare_action_points: float = 1.0
+    rare_action_cap: float = 2.0
     # volumes against the user's norm blended with the role's (z = (x - mean) / sqrt(var + mean + 1))
     volume_z: float = 3.0
     volume_points: float = 1.0  # per unit of z beyond volume_z
