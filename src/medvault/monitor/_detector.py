@@ -29,7 +29,7 @@ import dataclasses
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -85,26 +85,23 @@ class _Vocab:
 
     def __init__(self, names: Sequence[str] = ()) -> None:
         self.names: list[str] = list(names)
-        self.ids: dict[str, int] = {n: i for i, n in enumerate(self.names)}
+        # None (unknown) maps to -1 in the same dict, so one C-speed map() does every lookup
+        self.ids: dict[str | None, int] = {None: -1, **{n: i for i, n in enumerate(self.names)}}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def intern(self, values: Sequence[str | None]) -> I64:
         ids, names = self.ids, self.names
-        lookup = cast("Callable[[str | None], int | None]", ids.get)
-        codes: list[int | None] = list(map(lookup, values))  # C speed for names already known
-        if None in codes:
-            for i, v in enumerate(values):
-                if codes[i] is None:
-                    if v is None:
-                        codes[i] = -1
-                        continue
-                    k = ids.get(v)
-                    if k is None:
-                        k = ids[v] = len(names)
-                        names.append(v)
-                    codes[i] = k
+        codes: list[int | None] = list(map(ids.get, values))
+        if None in codes:  # names seen for the first time, in order of appearance
+            for i in [i for i, c in enumerate(codes) if c is None]:
+                v = values[i]
+                k = ids.get(v)
+                if k is None:
+                    k = ids[v] = len(names)
+                    names.append(cast(str, v))
+                codes[i] = k
         return np.array(codes, dtype=np.int64)
 
 
@@ -145,8 +142,8 @@ def _first_index(keys: I64) -> tuple[I64, I64, I64]:
 
 
 def _lookup(d: Mapping[int, int], keys: I64, default: int = -1) -> I64:
-    get = d.get
-    return np.fromiter((get(k, default) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+    """``d[k]`` (or ``default``) for each key, at C speed."""
+    return np.array(list(map(d.get, keys.tolist(), itertools.repeat(default, len(keys)))), dtype=np.int64)
 
 
 def _clip(x: F64, cap: float) -> F64:
