@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medvault.errors import EventInvalid, EventOutOfOrder, UnknownAction
 from medvault.monitor import Action, EventBatch, MonitorEvent, iter_events, parse_event_line, read_batches
+from medvault.monitor._events import ACTION_CODE
 
 from .conftest import make_log
 
@@ -145,3 +146,47 @@ def test_json_round_trip(
         break_glass=glass,
     )
     assert parse_event_line(json.dumps(e.to_json())) == e
+
+
+ACTION_NAMES = list(ACTION_CODE)
+value = st.none() | st.booleans() | st.integers(-5, 2**63) | text | st.lists(st.integers(), max_size=2)
+stamp = st.sampled_from(
+    [
+        "2026-03-02T08:15:00Z",
+        "2026-03-02T08:15:00.5Z",
+        "2026-03-02T09:00:00+01:00",
+        "2026-02-30T08:00:00Z",
+        "2026-03-02T08:15:00.1234567Z",
+        "2026-03-02 08:15:00Z",
+        "2026-03-02T08:15:00",
+        "2026-03-02T08Z",
+        "x",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"event_id": text, "ts": stamp, "user": text, "action": st.sampled_from([*ACTION_NAMES, "peek"])},
+            optional=dict.fromkeys(("role", "dept", "patient_id", "bytes", "outcome", "break_glass"), value),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_fast_and_line_readers_agree(rows: list[dict[str, object]]) -> None:
+    for r in rows:
+        r.setdefault("outcome", "success")
+    lines = [json.dumps(r) for r in rows]
+    try:
+        expected = EventBatch.of(list(iter_events(lines)))
+    except EventInvalid as exc:
+        with pytest.raises(type(exc)) as info:
+            list(read_batches(lines))
+        assert info.value.line == exc.line and info.value.message == exc.message
+        return
+    got = list(read_batches(lines))
+    assert len(got) == 1
+    _same(got[0], expected)
