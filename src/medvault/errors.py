@@ -144,3 +144,38 @@ class NoteInvalid(LedgerError):
 
 class LedgerTampered(LedgerError):
     pass
+
+
+# --- monitor (medvault.monitor) ------------------------------------------------------------------
+#
+#   MedvaultError
+#   └── InvalidInput
+#       ├── EventInvalid       400  an access event (a JSONL line) is malformed; names the line
+#       │   ├── UnknownAction  400  the action is not in the monitor's vocabulary
+#       │   └── EventOutOfOrder 400 the event is earlier than the one before it
+#       ├── DirectoryInvalid   400  the directory (users, patients, shifts) is malformed; names the field
+#       └── MonitorStateInvalid 400 a saved monitor state cannot be restored
+
+
+class EventInvalid(InvalidInput):
+    """An access event the monitor cannot read. ``line`` is the 1-based JSONL line, when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None) -> None:
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message, hint=hint)
+
+
+class UnknownAction(EventInvalid):
+    pass
+
+
+class EventOutOfOrder(EventInvalid):
+    pass
+
+
+class DirectoryInvalid(InvalidInput):
+    pass
+
+
+class MonitorStateInvalid(InvalidInput):
+    pass
