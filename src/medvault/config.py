@@ -94,6 +94,28 @@ class AccessSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    """The continuous monitor (docs/monitoring.md): a worker of ``serve`` that scores every ledger
+    event, raises alerts, responds and notifies. ``rules`` are "name=value" overrides of the
+    detection settings; ``responses`` map a severity to automatic responses."""
+
+    enabled: bool = True
+    poll_ms: int = 200
+    snapshot_seconds: int = 30
+    rules: tuple[str, ...] = ()
+    responses: tuple[str, ...] = (
+        "medium=",
+        "high=end_sessions,step_up",
+        "critical=end_sessions,step_up,hold_exports,suspend_key,suspend_node",
+    )
+    syslog: str = ""  # syslog+tls://HOST[:PORT] or syslog+tcp://HOST:PORT (RFC 5424)
+    syslog_ca: str = ""  # CA of the collector (TLS)
+    webhook_url: str = ""  # https://… receives each alert as JSON, signed (X-Medvault-Signature)
+    webhook_secret_env: str = ""  # environment variable holding the webhook's HMAC secret
+    webhook_ca: str = ""  # CA of the webhook's server, if not a public one
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
@@ -103,6 +125,7 @@ class Settings:
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     oidc: OidcSettings = field(default_factory=OidcSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -114,6 +137,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "ledger": LedgerSettings,
     "oidc": OidcSettings,
     "access": AccessSettings,
+    "monitor": MonitorSettings,
 }
 
 
@@ -217,4 +241,20 @@ role_map = []               # e.g. ["pacs-radiologists=radiologist", "pacs-audit
 
 [access]
 roles = []                  # overrides, e.g. ["admin=users.manage,keys.manage,study.read"]
+
+[monitor]                   # continuous monitoring: every ledger event scored, alerts (docs/monitoring.md)
+enabled = true
+poll_ms = 200               # how often the worker looks for new ledger entries
+snapshot_seconds = 30       # how often it saves its state (a restart resumes from there)
+rules = []                  # detection settings, e.g. ["alert_score=7", "failed_login_user_burst=5"]
+responses = [               # automatic responses per severity (each ledgered, lifted by an officer)
+  "medium=",
+  "high=end_sessions,step_up",
+  "critical=end_sessions,step_up,hold_exports,suspend_key,suspend_node",
+]
+syslog = ""                 # alerts to a SIEM: syslog+tls://HOST[:PORT] (RFC 5424/5425)
+syslog_ca = ""
+webhook_url = ""            # alerts as signed JSON POSTs (HMAC-SHA256 in X-Medvault-Signature)
+webhook_secret_env = ""     # the environment variable holding the webhook secret
+webhook_ca = ""
 """

@@ -12,7 +12,8 @@ The order of the rules (the first that denies wins):
 4. training gate: a *human* subject needs unexpired privacy training for the actions in
    :data:`PHI_ACTIONS`; the reason says so, so the person knows why;
 5. de-identified data only: ``deid.read`` needs a resource marked ``deidentified``; ``deid.export``
-   permits with the obligation ``deidentify`` (the export must go through the PS3.15 engine);
+   permits with the obligation ``deidentify`` (the export must go through the PS3.15 engine),
+   unless the subject's exports are held after a security alert (``exports_held``);
 6. scope, for the actions in :data:`SCOPED_ACTIONS` when a resource is given: a grant (patient
    pseudonym, study UID, department / care team, or the whole site), the subject named as the
    study's referring physician, or an open break-glass session for that study. Outside scope the
@@ -177,6 +178,7 @@ class Principal:
     training_expires: date | None = None
     referring_id: str | None = None  # how studies name this person as referring physician
     must_change_password: bool = False
+    exports_held: bool = False  # a monitor response holds this subject's exports for review
 
     def __post_init__(self) -> None:
         roles = self.roles | {self.role} if self.role else self.roles
@@ -279,6 +281,10 @@ def decide(
     if action is Action.DEID_READ and resource is not None and not resource.deidentified:
         return _deny("only de-identified data may be read with deid.read", conceal=True)
     if action is Action.DEID_EXPORT:
+        if subject.exports_held:
+            return _deny(
+                "exports are held for review after a security alert; a privacy officer must lift the hold"
+            )
         obligations.append(OBLIGATION_DEIDENTIFY)
     if action is Action.BREAKGLASS_USE:
         reason = (context.reason if context is not None else None) or ""

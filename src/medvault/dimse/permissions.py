@@ -45,6 +45,8 @@ def decide_node(node: Node | None, operation: DimseOperation, *, now: datetime) 
         return NodeDecision(False, "unknown node")
     if node.revoked:
         return NodeDecision(False, f"node {node.name} is revoked")
+    if node.suspended:
+        return NodeDecision(False, f"node {node.name} is suspended after a security alert")
     if node.expired(now):
         return NodeDecision(False, f"node {node.name}'s certificate has expired")
     if operation not in _REQUIRED:

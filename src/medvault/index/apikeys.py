@@ -15,6 +15,8 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 
 from medvault.errors import Conflict, InvalidInput, NotFound
 from medvault.index import schema as t
+from medvault.index.alerts_schema import security_holds
+from medvault.index.holds import held
 
 KEY_PREFIX = "mvk_"
 # Checked on every request: built once (see medvault.index.store on prebuilt lookups).
@@ -38,6 +40,7 @@ class ApiKeyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(write=True)
+        security_holds.create(self._writer, checkfirst=True)
 
     def create(self, name: str, *, role: str, expires_days: int | None = None) -> str:
         """Create a key and return it; this is the only time the key exists in clear."""
@@ -61,8 +64,10 @@ class ApiKeyStore:
         now = now or datetime.now(UTC)
         with self.engine.connect() as conn:
             row = conn.execute(_KEY_BY_HASH, {"key_hash": hash_key(key)}).first()
-        if row is None or row.revoked_at is not None:
-            return None
+            if row is None or row.revoked_at is not None:
+                return None
+            if held(conn, "suspend_key", "apikey:" + row.name):  # a monitor response, until lifted
+                return None
         info = self._info(row)
         if info.expires_at is not None and info.expires_at <= now:
             return None

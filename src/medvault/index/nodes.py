@@ -20,6 +20,7 @@ takes effect without a restart. Nothing here is PHI.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ from sqlalchemy import Engine, insert, select, update
 
 from medvault.crypto.tls import issue_node_certificate
 from medvault.errors import Conflict, InvalidInput, NotFound
+from medvault.index.alerts_schema import security_holds
+from medvault.index.holds import held
 from medvault.index.nodes_schema import dimse_nodes
 
 __all__ = [
@@ -76,6 +79,7 @@ class Node:
     not_after: datetime
     created_at: datetime
     revoked_at: datetime | None
+    suspended: bool = False  # a security hold (monitor response) is in force: refused until lifted
 
     @property
     def revoked(self) -> bool:
@@ -167,6 +171,7 @@ class NodeStore:
         self.engine = engine
         self._writer = engine.execution_options(write=True)
         dimse_nodes.create(self._writer, checkfirst=True)
+        security_holds.create(self._writer, checkfirst=True)
 
     def add(
         self,
@@ -232,11 +237,14 @@ class NodeStore:
         return node
 
     def get(self, name: str) -> Node:
+        """The node, with ``suspended`` set while a security hold is in force on it (read on
+        every connection and operation, like revocation)."""
         with self.engine.connect() as conn:
             row = conn.execute(select(dimse_nodes).where(dimse_nodes.c.name == name)).first()
-        if row is None:
-            raise NotFound(f"no node named {name!r}")
-        return self._node(row)
+            if row is None:
+                raise NotFound(f"no node named {name!r}")
+            suspended = held(conn, "suspend_node", "node:" + name)
+        return dataclasses.replace(self._node(row), suspended=suspended)
 
     def get_by_fingerprint(self, fingerprint: bytes) -> Node | None:
         """The node whose certificate has this SHA-256 fingerprint, revoked or not (callers check)."""

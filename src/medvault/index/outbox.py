@@ -19,6 +19,11 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from medvault.index.schema import ledger_outbox
 
 
 @dataclass
@@ -73,3 +78,10 @@ def owner_alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_outbox(conn: Any, outbox: Outbox) -> None:
+    """Write an outbox's rows inside the caller's transaction (the change's own)."""
+    for leaf in outbox.leaves:
+        row = insert(ledger_outbox).values(owner=outbox.owner, after_size=outbox.after_size, leaf=leaf)
+        outbox.ids.append(int(conn.execute(row).inserted_primary_key[0]))

@@ -38,8 +38,9 @@ from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
 from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
 from medvault.errors import Conflict, StudyMismatch
+from medvault.index import alerts_schema as _holds  # noqa: F401 - its tables are created with the index's
 from medvault.index import schema as t
-from medvault.index.outbox import Outbox, OutboxRow
+from medvault.index.outbox import Outbox, OutboxRow, write_outbox
 
 Level = Literal["study", "series", "instance"]
 Json = dict[str, Any]
@@ -183,13 +184,6 @@ class StudyCounts:
     series: int
     instances: int
     modalities: list[str]
-
-
-def _write_outbox(conn: Any, outbox: Outbox) -> None:
-    """The outbox rows of a change, inside the change's own transaction."""
-    for leaf in outbox.leaves:
-        row = insert(t.ledger_outbox).values(owner=outbox.owner, after_size=outbox.after_size, leaf=leaf)
-        outbox.ids.append(int(conn.execute(row).inserted_primary_key[0]))
 
 
 def _first_text(element: Json | None) -> str | None:
@@ -385,7 +379,7 @@ class Index:
             except SqlIntegrityError:
                 raise Conflict("an SOP instance of this batch is already stored") from None
             if outbox is not None:
-                _write_outbox(conn, outbox)
+                write_outbox(conn, outbox)
 
     def delete_instances(
         self, records: Iterable[InstanceRecord], *, outbox: Outbox | None = None
@@ -409,7 +403,7 @@ class Index:
                 )
                 conn.execute(delete(t.studies).where(~exists().where(t.series.c.study_id == t.studies.c.id)))
                 if outbox is not None:
-                    _write_outbox(conn, outbox)
+                    write_outbox(conn, outbox)
             self.checkpoint()
         return blob_keys
 

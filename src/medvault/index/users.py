@@ -43,8 +43,10 @@ from medvault.access.policy import (
     Resource,
     enforce,
 )
-from medvault.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from medvault.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from medvault.index import users_schema as u
+from medvault.index.alerts_schema import security_holds
+from medvault.index.holds import held
 from medvault.index.schema import metadata
 
 __all__ = [
@@ -67,6 +69,7 @@ _TABLES = [
     u.break_glass_sessions,
     u.auth_tokens,
     u.auth_failures,
+    security_holds,  # consulted on every authentication (medvault.index.holds)
 ]
 # Every request from a signed-in user runs these: built once (see medvault.index.store).
 _TOKEN_BY_HASH = select(u.auth_tokens).where(u.auth_tokens.c.token_hash == bindparam("token_hash"))
@@ -83,6 +86,14 @@ _LIVE_BREAK_GLASS_OF_USER = select(
 class FieldCipherLike(Protocol):
     def encrypt(self, plaintext: bytes, *, context: bytes) -> bytes: ...
     def decrypt(self, blob: bytes, *, context: bytes) -> bytes: ...
+
+
+class AccountLocked(Forbidden):
+    def __init__(self) -> None:
+        super().__init__(
+            "this account is locked after a security alert",
+            hint="A privacy officer must review the alert and lift the hold (`medvault alerts holds`).",
+        )
 
 
 class BadCredentials(Unauthenticated):
@@ -484,6 +495,7 @@ class UserStore:
             training_expires=row.training_expires,
             referring_id=row.referring_id,
             must_change_password=bool(row.must_change_password),
+            exports_held=held(conn, "hold_exports", row.name),
         )
 
     def principal(self, name: str, *, now: datetime, method: str = "token") -> Principal | None:
@@ -491,7 +503,7 @@ class UserStore:
         now = _utc(now)
         with self.engine.connect() as conn:
             row = conn.execute(select(u.users).where(u.users.c.name == name)).first()
-            if row is None or row.disabled:
+            if row is None or row.disabled or held(conn, "lock_account", row.name):
                 return None
             return self._principal(conn, row, method=method, now=now)
 
@@ -504,7 +516,7 @@ class UserStore:
             row = conn.execute(select(u.users).where(u.users.c.name == identity.username)).first()
             if row is None:
                 return Principal(name=identity.username, method="oidc", roles=identity.roles, human=True)
-            if row.disabled:
+            if row.disabled or held(conn, "lock_account", row.name):
                 return None
             principal = self._principal(conn, row, method="oidc", now=now, roles=identity.roles)
         return Principal(
@@ -516,6 +528,7 @@ class UserStore:
             human=True,
             training_expires=principal.training_expires,
             referring_id=principal.referring_id,
+            exports_held=principal.exports_held,
         )
 
     # -- sign-in ---------------------------------------------------------------------------------
@@ -602,6 +615,9 @@ class UserStore:
         if not ok or row.disabled or not self._second_factor(row, otp, now):
             raise BadCredentials
         self._attempt_succeeded(account_key, client_key)
+        with self.engine.connect() as conn:
+            if held(conn, "lock_account", row.name):  # told only to someone who holds both factors
+                raise AccountLocked
         if pw.needs_rehash(self._hasher, row.password_hash):
             with self._writer.begin() as conn:
                 conn.execute(
@@ -708,7 +724,7 @@ class UserStore:
             ):
                 return None
             user = conn.execute(_USER_BY_ID, {"user_id": row.user_id}).first()
-            if user is None or user.disabled:
+            if user is None or user.disabled or held(conn, "lock_account", user.name):
                 return None
             return self._principal(conn, user, method="token", now=now)
 
@@ -727,8 +743,14 @@ class UserStore:
                     .values(revoked_at=now)
                 )
             elif row.revoked_at is None and now < _must(row.expires_at):
-                user = conn.execute(select(u.users.c.disabled).where(u.users.c.id == row.user_id)).first()
-                if user is not None and not user.disabled:
+                user = conn.execute(
+                    select(u.users.c.disabled, u.users.c.name).where(u.users.c.id == row.user_id)
+                ).first()
+                # A step-up (or a lock) after a security alert: only a full sign-in continues.
+                stepped = user is not None and (
+                    held(conn, "step_up", user.name) or held(conn, "lock_account", user.name)
+                )
+                if user is not None and not user.disabled and not stepped:
                     conn.execute(
                         update(u.auth_tokens)
                         .where(u.auth_tokens.c.id == row.id)
