@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from medvault.audit import SYSTEM, LedgerAudit
+from medvault.audit import SYSTEM, LedgerAudit, outbox_for, publish
 from medvault.crypto.envelope import decrypt_object_into, decrypt_range, encrypt_object_chunks
 from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
@@ -33,9 +33,9 @@ from medvault.errors import (
     StudyMismatch,
     TooLarge,
 )
-from medvault.index.outbox import Outbox, process_tag
+from medvault.index.outbox import Outbox
 from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance, StudyFacts
-from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome, canonical_bytes
+from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.storage.base import BlobStore
 
 Json = dict[str, Any]
@@ -244,18 +244,11 @@ class Archive:
         """The ledger events of an index change, to be written with it (medvault.index.outbox)."""
         if self.audit is None or not events:
             return None
-        return Outbox(
-            owner=process_tag(),
-            after_size=self.audit.ledger.size,
-            leaves=[canonical_bytes(e) for e in events],
-        )
+        return outbox_for(self.audit.ledger, events)
 
     def _publish(self, outbox: Outbox | None) -> None:
-        """After the change committed: its events into the ledger, then out of the outbox."""
-        if outbox is None or self.audit is None:
-            return
-        self.audit.ledger.append_leaves(outbox.leaves)
-        self.index.outbox_done(outbox.ids)
+        if self.audit is not None:
+            publish(self.audit.ledger, self.index, outbox)
 
     def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
         return StoreOutcome(

@@ -783,6 +783,12 @@ class Index:
         with self.engine.connect() as conn:
             return {row[0] for row in conn.execute(select(t.instances.c.blob_key))}
 
+    def storage_totals(self) -> tuple[int, int]:
+        """(instances, bytes of their original encodings)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(func.count(), func.coalesce(func.sum(t.instances.c.size), 0))).one()
+        return int(row[0]), int(row[1])
+
     def count_instances(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(t.instances)).scalar_one())
