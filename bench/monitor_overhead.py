@@ -8,6 +8,10 @@ one and false in the other) on free ports, and runs bench/dicomweb_bench.py agai
 run, the order alternating between rounds (the first target of a run does slightly better). The
 figures are throughput ratios on/off: 1.00 means no cost, 0.95 a 5 % cost. Every stored
 instance is a ledger event the monitor scores, so the STOW phase is where it works hardest.
+
+On a shared, noisy machine throughput ratios swing by ±20 % between rounds whatever is measured;
+so the bench also reads the CPU time of every process of the "on" archive (/proc) during the run:
+the monitor process's share of it is the cost that noise cannot hide.
 """
 
 from __future__ import annotations
@@ -96,6 +100,19 @@ class Archive:
         self.stop()
         raise SystemExit(f"{name}: medvault serve did not start")
 
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return sorted(int(p) for p in path.read_text().split())
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """CPU time (user + system) of the server and each of its workers, by pid."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for pid in [self.process.pid, *self.children()]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -129,8 +146,14 @@ def one_round(data: Path, order: list[str], work: Path, args: argparse.Namespace
             cmd += ["--target", f"{name}=https://127.0.0.1:{a.port}/dicomweb",
                     "--auth", f"{name}=bearer-env:KEY_{name.upper()}",
                     "--ca", f"{name}={a.home / 'tls' / 'ca.crt'}"]  # fmt: skip
+        on = archives["on"]
+        monitor_pid = on.children()[-1]  # serve forks the HTTP workers, DIMSE, then the monitor
+        before = on.cpu_seconds()
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+        after = on.cpu_seconds()
         results = json.loads(out.read_text())["targets"]
+        spent = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
+        results["on"]["cpu"] = {"monitor": spent.get(monitor_pid, 0.0), "archive": sum(spent.values())}
     finally:
         for a in archives.values():
             a.stop()
@@ -161,9 +184,12 @@ def main() -> int:
             on, off = lookup(results["on"], path), lookup(results["off"], path)
             row[f"{label} on"], row[f"{label} off"] = on, off
             row[f"{label} on/off"] = on / off if off else float("nan")
-        for phase in ("stow",):
-            row["stored on"] = lookup(results["on"], (phase, "stored"))
-            row["stored off"] = lookup(results["off"], (phase, "stored"))
+        row["stored on"] = lookup(results["on"], ("stow", "stored"))
+        row["stored off"] = lookup(results["off"], ("stow", "stored"))
+        cpu = results["on"]["cpu"]
+        row["monitor CPU s"] = cpu["monitor"]
+        row["archive CPU s (all processes)"] = cpu["archive"]
+        row["monitor share of archive CPU"] = cpu["monitor"] / cpu["archive"] if cpu["archive"] else 0.0
         rounds.append(row)
     table = Table(title=f"online monitor on vs off ({args.rounds} rounds, order alternating)")
     table.add_column("figure")
@@ -172,7 +198,8 @@ def main() -> int:
     table.add_column("median", justify="right")
     for key in rounds[0]:
         values = [r[key] for r in rounds]
-        table.add_row(key, *(f"{v:,.3f}" if "/" in key else f"{v:,.1f}" for v in values),
+        exact = "/" in key or "share" in key or "CPU" in key
+        table.add_row(key, *(f"{v:,.3f}" if exact else f"{v:,.1f}" for v in values),
                       f"{statistics.median(values):,.3f}")  # fmt: skip
     Console().print(table)
     if args.json:
