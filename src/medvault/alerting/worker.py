@@ -78,7 +78,7 @@ def rules_from(entries: Sequence[str]) -> Rules:
     try:
         return Rules.from_json({**defaults, **changes})
     except MedvaultError as exc:
-        raise ConfigError(f"[monitor] rules: {exc.message}") from None
+        raise ConfigError(f"[monitor] rules: {exc.message.removeprefix('rules: ')}") from None
 
 
 def encode_points(points: dict[str, float]) -> str:
