@@ -247,8 +247,8 @@ class Archive:
         return outbox_for(self.audit.ledger, events)
 
     def _publish(self, outbox: Outbox | None) -> None:
-        if self.audit is not None:
-            publish(self.audit.ledger, self.index, outbox)
+        if self.audit is not None:  # the rows go with the next store's transaction
+            publish(self.audit.ledger, self.index, outbox, defer_cleanup=True)
 
     def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
         return StoreOutcome(

@@ -215,6 +215,9 @@ class _Server(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         raw, address = self.socket.accept()
+        # Each C-STORE-RSP is a small write answered by the peer's next request: without
+        # TCP_NODELAY, Nagle's algorithm can hold it for the peer's delayed ACK (tens of ms).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return raw, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
