@@ -62,6 +62,22 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants still running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        todo += [int(c) for c in children]
+    return total
+
+
 def send(args: list[str], files: list[Path], associations: int) -> float:
     """Seconds for ``associations`` storescu processes to send ``files`` between them."""
     env = {**os.environ, "TCP_NODELAY": "1"}
@@ -88,7 +104,7 @@ def send(args: list[str], files: list[Path], associations: int) -> float:
 
 @contextmanager
 def medvault(work: Path) -> Any:
-    """A served home with a store node; yields the storescu arguments."""
+    """A served home with a store node; yields its pid and the storescu arguments."""
     from medvault.crypto.keyring import TEST_SCRYPT
     from medvault.dimse import IssuedNode, ca_material, node_store, write_node_credentials
     from medvault.home import init_home, open_home
@@ -125,8 +141,8 @@ def medvault(work: Path) -> Any:
     try:
         wait_port(dimse_port)
         ca = home / "tls" / "ca.crt"
-        yield ["+tls", str(key), str(cert), "+cf", str(ca), "-aet", "BENCH", "-aec", "MEDVAULT",
-               "127.0.0.1", str(dimse_port)]  # fmt: skip
+        yield proc.pid, ["+tls", str(key), str(cert), "+cf", str(ca), "-aet", "BENCH", "-aec", "MEDVAULT",
+                         "127.0.0.1", str(dimse_port)]  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -164,13 +180,13 @@ def orthanc(work: Path, *, nodelay: bool) -> Any:
         )
         try:
             wait_port(dicom_port)
-            yield ["-aet", "BENCH", "-aec", "ORTHANC", "127.0.0.1", str(dicom_port)]
+            yield proc.pid, ["-aet", "BENCH", "-aec", "ORTHANC", "127.0.0.1", str(dicom_port)]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
 
-TARGETS: dict[str, Callable[[Path], AbstractContextManager[list[str]]]] = {
+TARGETS: dict[str, Callable[[Path], AbstractContextManager[tuple[int, list[str]]]]] = {
     "medvault": medvault,
     "orthanc-nodelay": lambda work: orthanc(work, nodelay=True),
     "orthanc": lambda work: orthanc(work, nodelay=False),
@@ -199,18 +215,23 @@ def main() -> int:
     counts = [int(x) for x in a.associations.split(",")]
     names = [t for t in a.targets.split(",") if t]
     rates: dict[tuple[str, int], list[float]] = {(t, n): [] for t in names for n in counts}
+    cpu_ms: dict[tuple[str, int], list[float]] = {(t, n): [] for t in names for n in counts}
     for r in range(a.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in counts:
             for target in order:
                 work = Path(tempfile.mkdtemp(prefix=f"dimse-{target}-"))
                 try:
-                    with TARGETS[target](work) as args:
+                    with TARGETS[target](work) as (pid, args):
+                        before = cpu_seconds(pid)
                         seconds = send(args, files, n)
+                        spent = cpu_seconds(pid) - before
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 rates[(target, n)].append(len(files) / seconds)
-                err.print(f"round {r + 1}: {target:16s} {n} assoc  {len(files) / seconds:7.1f} inst/s")
+                cpu_ms[(target, n)].append(spent * 1000 / len(files))
+                err.print(f"round {r + 1}: {target:16s} {n} assoc  {len(files) / seconds:7.1f} inst/s  "
+                          f"server CPU {spent * 1000 / len(files):.2f} ms/inst")  # fmt: skip
     table = Table(
         title=f"C-STORE intake, {len(files)} files, {a.rounds} rounds (instances/s, min-max, median)"
     )
@@ -228,8 +249,19 @@ def main() -> int:
                 cells.append(_spread(ratio, "{:.2f}"))
             table.add_row(f"medvault / {other}", *cells)
     Console().print(table)
+    cpu = Table(title="server CPU per instance (ms, all its processes: what a shared machine distorts least)")
+    cpu.add_column("target")
+    for n in counts:
+        cpu.add_column(f"{n} assoc", justify="right")
+    for target in names:
+        cpu.add_row(target, *(_spread(cpu_ms[(target, n)], "{:.2f}") for n in counts))
+    Console().print(cpu)
     if a.json:
-        a.json.write_text(json.dumps({f"{t} {n}": v for (t, n), v in rates.items()}, indent=2))
+        doc = {
+            f"{t} {n}": {"inst_per_s": rates[(t, n)], "server_cpu_ms_per_inst": cpu_ms[(t, n)]}
+            for t, n in rates
+        }
+        a.json.write_text(json.dumps(doc, indent=2))
     return 0
 
 
