@@ -205,6 +205,7 @@ class _Session:
     peer: str
     calling_ae: str
     pending: dict[tuple[str, int], dict[str, str | int]] = field(default_factory=dict)
+    checked: Node | None = None  # the registry's record, as read for the request in hand
 
 
 class _Server(ThreadedAssociationServer):
@@ -484,6 +485,7 @@ class DimseServer:
                 node = self.nodes.get(session.node)
             except NotFound:
                 node = None
+            session.checked = node
         decision = decide_node(node, operation, now=datetime.now(UTC))
         if decision.allowed and node is not None and self.pdp is not None and operation in _NODE_ACTIONS:
             # The registry says the node is live; the one policy decision point decides (and its
@@ -566,9 +568,8 @@ class DimseServer:
         the whole site, so in practice this refuses only what no writer may do)."""
         if self.pdp is None:
             return None
-        try:
-            node = self.nodes.get(session.node)
-        except NotFound:
+        node = session.checked  # read by _authorize for this very request: no second lookup
+        if node is None:
             return lambda _facts: False
         guard = Guard(pdp=self.pdp, index=self.archive.index)
         return guard.store_check(node_principal(node), client=session.peer)
