@@ -107,7 +107,16 @@ def test_quickstart_prints_a_query_that_works(tmp_path: Path) -> None:
     """README command 1: a demo home, a sample study, and a ready-to-paste query against it."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "medvault.cli", "quickstart", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "medvault.cli",
+            "quickstart",
+            "--port",
+            str(port),
+            "--dimse-port",
+            str(free_port()),
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -3,9 +3,18 @@ against a real `medvault serve`, the real CLI and dcmtk."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import Home, Server
+from medvault.home import open_home
+from tests.conftest import Home, Server, free_port
 from tests.integration.test_access_routes import activate, anonymous, bearer, person_from_cli, token_request
 
 pytestmark = pytest.mark.integration
@@ -23,8 +32,84 @@ def test_first_sign_in_error_says_what_to_send_and_following_it_works(home: Home
     assert refused.status_code == 403
     body = refused.json()
     assert "one-time password must be changed" in body["error"]
-    for named in ("POST /auth/password", "username", "old_password", "new_password", "otp", "POST /auth/token"):
+    for named in (
+        "POST /auth/password",
+        "username",
+        "old_password",
+        "new_password",
+        "otp",
+        "POST /auth/token",
+    ):
         assert named in body["hint"], named
     token = activate(server, person)["drsmith"]  # exactly what the hint says: change, sign in again
     with anonymous(server) as client:
         assert client.get("/dicomweb/studies", headers=bearer(token)).status_code in (200, 204)
+
+
+def quickstart(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`medvault quickstart ARGS` in ``cwd``, as a new user runs it (no passphrase in the environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "medvault.cli", "quickstart", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "MEDVAULT_PASSPHRASE"},
+    )
+
+
+def as_run(printed: str) -> list[str]:
+    """A printed `medvault …` command line as argv (this interpreter's medvault)."""
+    argv = shlex.split(printed)
+    assert argv[0] == "medvault", printed
+    return [sys.executable, "-m", "medvault.cli", *argv[1:]]
+
+
+def test_quickstart_with_a_port_taken_prints_nothing_and_names_the_option(tmp_path: Path) -> None:
+    """Item 2: a held DIMSE (or HTTPS) port stops quickstart before any key or query is printed."""
+    for option in ("--dimse-port", "--port"):
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            taken = held.getsockname()[1]
+            ports = {"--port": str(free_port()), "--dimse-port": str(free_port()), option: str(taken)}
+            result = quickstart(tmp_path, *(x for pair in ports.items() for x in pair))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert result.stdout == "" and "mvk_" not in result.stderr and "curl" not in result.stderr
+        assert f"127.0.0.1:{taken} is in use" in result.stderr and f"another with {option} N" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "medvault-demo").exists()  # nothing was created either
+
+
+def test_quickstart_reruns_find_the_study_and_replace_the_key(tmp_path: Path) -> None:
+    """Item 2 (re-runs) and item 3 (the printed TOTP command works as printed)."""
+    first = quickstart(tmp_path, "--no-serve")
+    assert first.returncode == 0, first.stderr
+    assert "Sample study: 8 stored, 0 already present." in first.stdout
+    second = quickstart(tmp_path, "--no-serve", "--dimse-port", "2999")
+    assert second.returncode == 0, second.stderr
+    assert "Sample study: 0 stored, 8 already present." in second.stdout
+    assert "revoked the key of the previous run: quickstart-" in second.stdout
+    assert "DICOM TLS    : 127.0.0.1:2999" in second.stdout
+    home = tmp_path / "medvault-demo"
+    opened = open_home(home, (tmp_path / "medvault-demo.passphrase").read_text().strip())
+    try:
+        live = [k for k in opened.api_keys.list() if k.revoked_at is None]
+        assert [k.name.startswith("quickstart-") for k in live] == [True]
+        assert opened.settings.dimse.port == 2999  # kept for the next run
+    finally:
+        opened.close()
+    assert re.search(
+        r"^port = 2999 +# the registered DICOM-TLS port$", (home / "medvault.toml").read_text(), re.M
+    )
+
+    hint = re.search(r"its TOTP enrolment: (medvault .+)$", first.stderr, re.M)
+    assert hint is not None, first.stderr
+    env = {k: v for k, v in os.environ.items() if k != "MEDVAULT_PASSPHRASE"}
+    enrol = subprocess.run(
+        as_run(hint.group(1)), cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert enrol.returncode == 0, enrol.stderr
+    assert "otpauth://totp/" in enrol.stdout
