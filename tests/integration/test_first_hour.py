@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from medvault.home import open_home
+from medvault.sample import generate_study
 from tests.conftest import Home, Server, free_port
 from tests.integration.test_access_routes import activate, anonymous, bearer, person_from_cli, token_request
+from tests.integration.test_smoke import dicomweb_client
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +116,34 @@ def test_quickstart_reruns_find_the_study_and_replace_the_key(tmp_path: Path) ->
     )  # fmt: skip
     assert enrol.returncode == 0, enrol.stderr
     assert "otpauth://totp/" in enrol.stdout
+
+
+def test_retrieve_urls_carry_the_listening_port_when_host_lacks_it(
+    shared_server: Server, tmp_path: Path
+) -> None:
+    """Item 5: a client whose Host header drops :PORT still gets RetrieveURL/BulkDataURI that work."""
+    (file,) = generate_study(
+        tmp_path,
+        seed=2005,
+        series=1,
+        instances=1,
+        rows=16,
+        cols=16,
+        patient_name="HOST^PORT",
+        patient_id="HP5",
+    )
+    ds = dcmread(file)
+    client = dicomweb_client(shared_server)
+    client._session.headers["Host"] = "127.0.0.1"  # as a client that leaves the port out
+    stored = client.store_instances([ds])
+    root = f"https://127.0.0.1:{shared_server.port}/dicomweb"
+    assert stored.RetrieveURL == f"{root}/studies/{ds.StudyInstanceUID}"
+    assert stored.ReferencedSOPSequence[0].RetrieveURL.startswith(root + "/studies/")
+    (study,) = client.search_for_studies(search_filters={"StudyInstanceUID": ds.StudyInstanceUID})
+    assert study["00081190"]["Value"] == [stored.RetrieveURL]
+    meta = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert meta["7FE00010"]["BulkDataURI"].startswith(root + "/studies/")
+    wado = dicomweb_client(shared_server)._session  # no Host override: a plain client follows the URL
+    accept = {"Accept": 'multipart/related; type="application/dicom"'}
+    got = wado.get(stored.ReferencedSOPSequence[0].RetrieveURL, headers=accept)
+    assert got.status_code == 200 and ds.SOPInstanceUID.encode() in got.content

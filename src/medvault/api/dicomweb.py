@@ -61,9 +61,20 @@ ArchiveDep = Annotated[Archive, Depends(get_archive)]
 
 
 def base_url(request: Request) -> str:
+    """The DICOMweb root for RetrieveURL and BulkDataURI: ``[server] public_url`` when set, else the
+    Host header's name with its port, or with the port this server listens on when the header has
+    none (a client that drops :8443 from Host must still get URLs that reach the archive)."""
     configured: str = request.app.state.public_url
-    root = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
-    return root + "/dicomweb"
+    if configured:
+        return configured.rstrip("/") + "/dicomweb"
+    url = request.url
+    host = url.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    server = request.scope.get("server")
+    port = url.port or (server[1] if server else None)
+    default = 443 if url.scheme == "https" else 80
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{url.scheme}://{netloc}{request.scope.get('root_path', '')}/dicomweb"
 
 
 def allow_study(request: Request, who: Principal, action: Action, study: str) -> None:
