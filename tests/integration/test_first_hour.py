@@ -9,6 +9,9 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from medvault.home import open_home
 from medvault.sample import generate_study
 from tests.conftest import Home, Server, free_port
 from tests.integration.test_access_routes import activate, anonymous, bearer, person_from_cli, token_request
+from tests.integration.test_dimse import needs_dcmtk
 from tests.integration.test_smoke import dicomweb_client
 
 pytestmark = pytest.mark.integration
@@ -147,3 +151,48 @@ def test_retrieve_urls_carry_the_listening_port_when_host_lacks_it(
     accept = {"Accept": 'multipart/related; type="application/dicom"'}
     got = wado.get(stored.ReferencedSOPSequence[0].RetrieveURL, headers=accept)
     assert got.status_code == 200 and ds.SOPInstanceUID.encode() in got.content
+
+
+def wait_for_echo(echo: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        result = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if result.returncode == 0:
+            return
+        assert time.monotonic() < deadline, result.stderr
+        time.sleep(0.3)
+
+
+@needs_dcmtk
+def test_dcmtk_resending_an_imported_file_succeeds_and_a_changed_one_is_refused(
+    home: Home, server_factory: Callable[[Home], Server], tmp_path: Path
+) -> None:
+    """Item 6: storescu +tls of files `medvault import` stored already (as they are, and converted to
+    another transfer syntax by dcmtk) succeeds; the same SOP Instance UID with other content is 0x0111."""
+    files = generate_study(tmp_path / "scan", seed=66, series=1, instances=2, rows=32, cols=32,
+                           patient_name="RESEND^PAT", patient_id="RESEND-1")  # fmt: skip
+    home.cli("import", str(tmp_path / "scan"))
+    home.cli("nodes", "add", "ct1", "--ae-title", "CT1", "--host", "127.0.0.1", "--port", "104",
+             "--permissions", "store", "--out", str(tmp_path / "creds"))  # fmt: skip
+    port = tomllib.loads((home.root / "medvault.toml").read_text())["dimse"]["port"]
+    server_factory(home)
+    tls = ["+tls", str(tmp_path / "creds/ct1.key"), str(tmp_path / "creds/ct1.crt"), "+cf", str(home.ca)]
+    peer = ["-aet", "CT1", "-aec", "MEDVAULT", "127.0.0.1", str(port)]
+    wait_for_echo(["/usr/bin/echoscu", *tls, *peer])
+
+    def storescu(file: Path, *options: str) -> subprocess.CompletedProcess[str]:
+        argv = ["/usr/bin/storescu", "-v", *tls, *options, *peer, str(file)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    as_imported = storescu(files[0])
+    assert as_imported.returncode == 0, as_imported.stdout + as_imported.stderr
+    implicit = storescu(files[1], "-xi")  # dcmtk converts to Implicit VR Little Endian on the way
+    assert implicit.returncode == 0, implicit.stdout + implicit.stderr
+    assert "Implicit" in implicit.stdout + implicit.stderr
+
+    changed = dcmread(files[0])
+    changed.SeriesDescription = "changed after the import"
+    changed.save_as(tmp_path / "changed.dcm", enforce_file_format=True)
+    refused = storescu(tmp_path / "changed.dcm")
+    assert refused.returncode != 0
+    assert "Status: 0x111)" in refused.stderr  # Duplicate SOP Instance
