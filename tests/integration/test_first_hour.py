@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from medvault.home import open_home
 from medvault.sample import generate_study
@@ -196,3 +197,35 @@ def test_dcmtk_resending_an_imported_file_succeeds_and_a_changed_one_is_refused(
     refused = storescu(tmp_path / "changed.dcm")
     assert refused.returncode != 0
     assert "Status: 0x111)" in refused.stderr  # Duplicate SOP Instance
+
+
+def test_import_of_a_real_folder_skips_what_is_not_dicom_and_refuses_what_is_damaged(
+    home: Home, tmp_path: Path
+) -> None:
+    """Item 7: a folder as bench/generate.py writes it (manifest.json), plus a README, a thumbnail
+    and a real DICOMDIR, imports with exit 0; a damaged DICOM file is still an error (exit 2)."""
+    folder = tmp_path / "incoming"
+    bench = Path(__file__).parents[2] / "bench" / "generate.py"
+    subprocess.run(
+        [sys.executable, str(bench), str(folder), "--studies", "1", "--series-per-study", "1",
+         "--instances-per-series", "3", "--rows", "16", "--cols", "16", "--quiet"],
+        check=True, capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert (folder / "manifest.json").is_file()
+    (folder / "README").write_text("Exported from the old PACS.\n")
+    (folder / "thumbs.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    (folder / "DICOMDIR").write_bytes(Path(get_testdata_file("DICOMDIR")).read_bytes())
+    clean = home.cli("import", str(folder))
+    assert re.search(r"stored\s*│\s*3", clean.stdout), clean.stdout
+    assert re.search(r"refused\s*│\s*0", clean.stdout)
+    assert re.search(r"skipped \(not DICOM\)\s*│\s*4", clean.stdout)
+    assert "skipped: DICOMDIR, README, manifest.json, thumbs.jpg" in clean.stdout
+
+    (good,) = sorted(folder.rglob("*.dcm"))[:1]
+    (folder / "cut.dcm").write_bytes(good.read_bytes()[:-100])  # damaged, by name
+    (folder / "IM0001").write_bytes(good.read_bytes()[:300])  # damaged, by its DICM prefix
+    damaged = home.cli("import", str(folder), check=False)
+    assert damaged.returncode == 2, damaged.stdout
+    assert re.search(r"already present\s*│\s*3", damaged.stdout)
+    assert re.search(r"refused\s*│\s*2", damaged.stdout)
+    assert "cut.dcm: truncated" in damaged.stdout and "IM0001:" in damaged.stdout
