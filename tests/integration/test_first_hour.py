@@ -21,7 +21,14 @@ from pydicom.data import get_testdata_file
 from medvault.home import open_home
 from medvault.sample import generate_study
 from tests.conftest import Home, Server, free_port
-from tests.integration.test_access_routes import activate, anonymous, bearer, person_from_cli, token_request
+from tests.integration.test_access_routes import (
+    activate,
+    anonymous,
+    bearer,
+    make_instance,
+    person_from_cli,
+    token_request,
+)
 from tests.integration.test_dimse import needs_dcmtk
 from tests.integration.test_smoke import dicomweb_client
 
@@ -229,3 +236,44 @@ def test_import_of_a_real_folder_skips_what_is_not_dicom_and_refuses_what_is_dam
     assert re.search(r"already present\s*│\s*3", damaged.stdout)
     assert re.search(r"refused\s*│\s*2", damaged.stdout)
     assert "cut.dcm: truncated" in damaged.stdout and "IM0001:" in damaged.stdout
+
+
+def test_grants_name_what_they_grant_and_warn_when_no_study_matches(home: Home, tmp_path: Path) -> None:
+    """Item 8: `users grant` names the department (or patient) and warns when no stored study
+    records it; `report disclosures` keeps its time column whole on an 80-column terminal."""
+    data, _ = make_instance(patient_id="CARD-1", department="CARDIOLOGY")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "card.dcm").write_bytes(data)
+    home.cli("import", str(tmp_path / "in"))
+    home.cli("users", "add", "drsmith", "--roles", "radiologist", "--training", "2030-06-30")
+    matched = home.cli("users", "grant", "drsmith", "department", "CARDIOLOGY")
+    assert "granted drsmith access to department 'CARDIOLOGY'" in matched.stdout
+    assert "warning" not in matched.stderr
+    typo = home.cli("users", "grant", "drsmith", "department", "Cardiology", "--days", "7")
+    assert "granted drsmith access to department 'Cardiology' until " in typo.stdout
+    assert "warning: no stored study records InstitutionalDepartmentName 'Cardiology'" in " ".join(
+        typo.stderr.split()
+    )
+    nobody = home.cli("users", "grant", "drsmith", "patient", "NOBODY-9")
+    assert "the patient with PatientID 'NOBODY-9'" in nobody.stdout and "records PatientID" in nobody.stderr
+
+    env = {**home.env(), "COLUMNS": "80"}
+    report = subprocess.run(
+        [sys.executable, "-m", "medvault.cli", "report", "disclosures", "--patient-id", "CARD-1",
+         "--home", str(home.root)],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+    assert max(len(line) for line in report.stdout.splitlines()) <= 80
+    times = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", report.stdout)
+    rows = re.search(r"disclosures \((\d+)\)", report.stdout)
+    assert rows is not None and int(rows.group(1)) >= 1 and len(times) == int(rows.group(1)), report.stdout
+
+
+def test_the_quickstart_passphrase_file_is_git_ignored() -> None:
+    """Item 8: quickstart run in a clone leaves nothing secret for `git add .` to pick up."""
+    root = Path(__file__).parents[2]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ("medvault-demo.passphrase", "medvault-demo/keyring.sealed", "elsewhere/site.passphrase"):
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", path], timeout=30)
+        assert ignored.returncode == 0, path
