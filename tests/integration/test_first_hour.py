@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 
 from medvault.home import open_home
 from medvault.sample import generate_study
@@ -339,3 +340,78 @@ def test_healthz_is_healthy_only_when_every_listener_accepts(home: Home) -> None
             pass
     finally:
         last.stop()
+
+
+@pytest.fixture(scope="module")
+def stored_ct(shared_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    (file,) = generate_study(tmp_path_factory.mktemp("ct"), seed=1010, series=1, instances=1, rows=32,
+                             cols=32, patient_name="ACCEPT^Q", patient_id="AQ-1")  # fmt: skip
+    ds = dcmread(file)
+    dicomweb_client(shared_server).store_instances([ds])
+    return ds
+
+
+OHIF_THUMBNAIL_ACCEPT = 'multipart/related; type="image/jpeg"'  # what OHIF 3.12 sends with ?accept=
+
+
+@pytest.mark.parametrize(
+    ("resource", "query", "header", "status", "media"),
+    [
+        # PS3.18 §8.7.8.1 step 2: the Accept Query Parameter decides first (OHIF's thumbnails).
+        ("thumbnail", "image/jpeg", OHIF_THUMBNAIL_ACCEPT, 200, "image/jpeg"),
+        ("series-thumbnail", "image/jpeg", OHIF_THUMBNAIL_ACCEPT, 200, "image/jpeg"),
+        ("rendered", "image/png", "*/*", 200, "image/png"),
+        ("rendered", "image/png", "image/jpeg", 200, "image/png"),  # the parameter over the header
+        ("frame-rendered", "image/png", None, 200, "image/png"),
+        # the parameter's own weights (RFC 7231 §5.3.1), separately from the header's
+        ("rendered", "image/png;q=0.5,image/jpeg", "image/png", 200, "image/jpeg"),
+        # step 3: none of the parameter's types is supported, so the header decides
+        ("rendered", "image/gif", "image/png", 200, "image/png"),
+        # step 4: ... and a wildcard there means the default
+        ("rendered", "image/gif", "*/*", 200, "image/jpeg"),
+        # step 5: nothing acceptable
+        ("rendered", "image/gif", "image/gif", 406, None),
+        # §8.3.3.1: media types, not ranges
+        ("rendered", "image/*", None, 400, None),
+        # the other negotiating routes
+        ("instance", "application/dicom", 'multipart/related; type="application/dicom"', 200,
+         "application/dicom"),
+        ("study", 'multipart/related; type="application/dicom"; transfer-syntax=*', "image/png", 200,
+         "multipart/related"),
+        ("frames", 'multipart/related; type="application/octet-stream"; transfer-syntax=*', "image/png", 200,
+         "multipart/related"),
+        ("frames", "image/gif", "image/gif", 406, None),
+        # routes that always answer DICOM JSON take the parameter (it names their one representation)
+        ("search", "application/dicom+json", None, 200, "application/dicom+json"),
+        ("metadata", "application/dicom+json", None, 200, "application/dicom+json"),
+    ],
+)  # fmt: skip
+def test_the_accept_query_parameter_negotiates_every_route(
+    shared_server: Server, stored_ct: Dataset, resource: str, query: str, header: str | None, status: int,
+    media: str | None,
+) -> None:  # fmt: skip
+    """Item 10 (PS3.18 §8.3.3.1, §8.7.8.1)."""
+    study, series, sop = stored_ct.StudyInstanceUID, stored_ct.SeriesInstanceUID, stored_ct.SOPInstanceUID
+    instance = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    path = {
+        "thumbnail": f"/dicomweb/studies/{study}/thumbnail",
+        "series-thumbnail": f"/dicomweb/studies/{study}/series/{series}/thumbnail",
+        "rendered": f"{instance}/rendered",
+        "frame-rendered": f"{instance}/frames/1/rendered",
+        "instance": instance,
+        "study": f"/dicomweb/studies/{study}",
+        "frames": f"{instance}/frames/1",
+        "search": "/dicomweb/studies",
+        "metadata": f"{instance}/metadata",
+    }[resource]
+    with shared_server.client() as client:
+        headers = {"Accept": header} if header is not None else {}
+        params = {"accept": query} | ({"StudyInstanceUID": study} if resource == "search" else {})
+        response = client.get(path, params=params, headers=headers)
+    assert response.status_code == status, response.text
+    if media is not None:
+        assert response.headers["content-type"].split(";")[0] == media
+        if media == "image/png":
+            assert response.content.startswith(b"\x89PNG")
+        if media == "image/jpeg":
+            assert response.content.startswith(b"\xff\xd8")

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from medvault.access.policy import Action, Principal
 from medvault.api.auth import CanDelete, CanRead, CanStore, client_address
 from medvault.api.negotiation import (
+    ACCEPT_PARAMETER,
     ANY_SYNTAX,
     EXPLICIT_VR_LE,
     negotiate_dicom,
@@ -58,6 +59,11 @@ def get_archive(request: Request) -> Archive:
 
 
 ArchiveDep = Annotated[Archive, Depends(get_archive)]
+
+
+def accept_query(request: Request) -> list[str]:
+    """The values of the Accept Query Parameter (PS3.18 §8.3.3.1), which negotiation tries first."""
+    return request.query_params.getlist(ACCEPT_PARAMETER)
 
 
 def base_url(request: Request) -> str:
@@ -295,7 +301,9 @@ def _retrieve(
     request: Request, archive: Archive, who: Principal, study: str, series: str | None, sop: str | None
 ) -> Response:
     allow_study(request, who, Action.STUDY_READ, study)
-    choice = negotiate_dicom(request.headers.get("accept"), single_instance=sop is not None)
+    choice = negotiate_dicom(
+        request.headers.get("accept"), single_instance=sop is not None, query=accept_query(request)
+    )
     records = archive.instances(study, series, sop)
     if choice.transfer_syntax not in (ANY_SYNTAX, EXPLICIT_VR_LE):
         if {r.transfer_syntax for r in records} != {choice.transfer_syntax}:
@@ -451,7 +459,9 @@ def retrieve_frames(
     record = archive.instances(study, series, sop)[0]
     if not record.frames:
         raise NotFound("the instance has no pixel data frames")
-    choice = negotiate_frames(request.headers.get("accept"), record.transfer_syntax)
+    choice = negotiate_frames(
+        request.headers.get("accept"), record.transfer_syntax, query=accept_query(request)
+    )
     for n in numbers:
         if n > len(record.frames):
             raise NotFound(f"frame {n} does not exist (the instance has {len(record.frames)})")
@@ -546,7 +556,7 @@ def _render(
     quality: int,
     default_viewport: tuple[int, int] | None = None,
 ) -> Response:
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate_rendered(request.headers.get("accept"), query=accept_query(request))
     if not record.frames:
         raise NotAcceptable("the instance has no pixel data to render")
     raw = archive.read_frames(record, [frame])[0]
