@@ -244,8 +244,10 @@ checkpoint_seconds = 10     # how often a new signed checkpoint is published (wh
 [oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
 issuer = ""
 audience = ""
-jwks_url = ""               # or jwks_file = "idp-jwks.json" for an air-gapped site
+jwks_url = ""               # the provider's signing keys (HTTPS) ...
+jwks_file = ""              # ... or a JWKS file in this folder, for an air-gapped site
 roles_claim = "roles"
+username_claim = "preferred_username"
 role_map = []               # e.g. ["pacs-radiologists=radiologist", "pacs-audit=auditor"]
 
 [access]
