@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from medvault.access.policy import DecisionEvent, Principal
-from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
+from medvault.index.outbox import Outbox, process_tag
+from medvault.index.store import Index
+from medvault.ledger.events import (
+    Actor,
+    ActorKind,
+    AuditEvent,
+    EventKind,
+    ObjectRef,
+    Outcome,
+    canonical_bytes,
+)
 from medvault.ledger.store import Ledger
 
 audit_log = logging.getLogger("medvault.audit")
@@ -35,6 +46,24 @@ def actor_of(principal: Principal | None, client: str | None = None) -> Actor:
 
 
 SYSTEM = Actor(kind=ActorKind.SYSTEM, id="medvault")
+
+
+def outbox_for(ledger: Ledger, events: Sequence[AuditEvent]) -> Outbox:
+    """The ledger events of an index change, to be written in the change's own transaction
+    (medvault.index.outbox); publish it with :func:`publish` once the change committed."""
+    return Outbox(owner=process_tag(), after_size=ledger.size, leaves=[canonical_bytes(e) for e in events])
+
+
+def publish(ledger: Ledger, index: Index, outbox: Outbox | None, *, defer_cleanup: bool = False) -> None:
+    """After the change committed: its events into the ledger, then out of the outbox (with
+    ``defer_cleanup``, by the process's next index write: see Index.outbox_published)."""
+    if outbox is None or not outbox.leaves:
+        return
+    ledger.append_leaves(outbox.leaves)
+    if defer_cleanup:
+        index.outbox_published(outbox.ids)
+    else:
+        index.outbox_done(outbox.ids)
 
 
 class LedgerAudit:

@@ -45,6 +45,7 @@ from medvault.crypto.tls import (
 )
 from medvault.errors import ConfigError
 from medvault.guard import Guard
+from medvault.index.alerts import AlertStore
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.store import Index
 from medvault.index.users import NewUser, UserStore
@@ -169,6 +170,7 @@ class OpenHome:
     users: UserStore
     guard: Guard
     oidc: OidcVerifier | None
+    alerts: AlertStore
 
     def path(self, relative: str) -> Path:
         return self.root / relative
@@ -255,7 +257,15 @@ def open_home(root: Path, passphrase: str | KeyringFile) -> OpenHome:
     )
     guard = Guard(pdp=DecisionPoint(sink=audit, roles=roles), index=index)
     return OpenHome(
-        root, settings, keyring_file, archive, ApiKeyStore(index.engine), users, guard, _oidc(root, settings)
+        root,
+        settings,
+        keyring_file,
+        archive,
+        ApiKeyStore(index.engine),
+        users,
+        guard,
+        _oidc(root, settings),
+        AlertStore(index.engine, cipher=cipher),
     )
 
 

@@ -74,6 +74,8 @@ class Action(StrEnum):
     DEID_EXPORT = "deid.export"  # export through the de-identification engine
     LEDGER_READ = "ledger.read"
     ALERTS_READ = "alerts.read"
+    ALERTS_MANAGE = "alerts.manage"  # acknowledge and resolve alerts, lift security holds
+    METRICS_READ = "metrics.read"  # scrape /metrics (no PHI there, but names of routes and counts)
     BREAKGLASS_REVIEW = "breakglass.review"  # list break-glass sessions and their reasons
     BREAKGLASS_USE = "breakglass.use"  # open a study outside scope, with a reason
     USERS_MANAGE = "users.manage"
@@ -90,11 +92,13 @@ ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
     "technologist": frozenset({A.STUDY_READ, A.STUDY_STORE}),
     "referring_physician": frozenset({A.STUDY_READ, A.BREAKGLASS_USE}),
     "researcher": frozenset({A.DEID_READ, A.DEID_EXPORT}),  # never PHI
-    "auditor": frozenset({A.LEDGER_READ, A.ALERTS_READ, A.BREAKGLASS_REVIEW}),  # no images
+    # The security / privacy officer: the ledger, alerts and their handling, break-glass review.
+    "auditor": frozenset({A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW}),  # no images
     "service": frozenset({A.STUDY_STORE}),  # modalities, other PACS
     # Records management / QC: the only built-in role that deletes (crypto-shredding).
     "archivist": frozenset({A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE}),
     "viewer": frozenset({A.STUDY_READ}),  # API keys for viewers and scripts (read only)
+    "monitoring": frozenset({A.METRICS_READ}),  # a Prometheus scraper's API key
     # DICOM nodes: each registered permission is a role (medvault.dimse.server.node_principal).
     "node.store": frozenset({A.STUDY_STORE}),
     "node.find": frozenset({A.STUDY_READ}),

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from medvault.access.tokens import TokenPair
+from medvault.alerting.responses import lift_event
 from medvault.api import openapi as spec
 from medvault.api.auth import (
     CSRF_COOKIE,
@@ -24,6 +25,7 @@ from medvault.api.auth import (
 from medvault.api.bodies import read_pairs
 from medvault.archive import Archive
 from medvault.errors import InvalidInput, MedvaultError
+from medvault.index.alerts import AlertStore
 from medvault.index.users import User, UserStore
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, Outcome
 
@@ -91,7 +93,20 @@ def _sign_in(request: Request, fields: dict[str, str]) -> TokenPair:
         _login_event(request, username, Outcome.DENIED, exc.message)
         raise
     _login_event(request, username, Outcome.SUCCESS, None)
+    _meet_step_up(request, user.name, now)
     return users.issue_tokens(user, now=now)
+
+
+def _meet_step_up(request: Request, name: str, now: datetime) -> None:
+    """A full sign-in (password and second factor) is what a step-up hold asks for: lift it."""
+    alerts: AlertStore | None = getattr(request.app.state, "alerts", None)
+    archive: Archive = request.app.state.archive
+    if alerts is None or not alerts.is_held("step_up", name):
+        return
+    lifted = alerts.lift_all("step_up", name, by="sign-in with password and second factor", now=now)
+    if archive.audit is not None and lifted:
+        actor = Actor(kind=ActorKind.USER, id=name, address=client_address(request), auth="password+totp")
+        archive.audit.emit_many([lift_event(hold, actor, now=now) for hold in lifted])
 
 
 def _authenticate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,17 +22,21 @@ from medvault.access.lockout import TooManyAttempts
 from medvault.access.oidc import OidcVerifier
 from medvault.api.account import router as account_router
 from medvault.api.admin import router as admin_router
+from medvault.api.alerts import router as alerts_router
 from medvault.api.auth import Authenticated, BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
 from medvault.api.health import router as health_router
 from medvault.api.ledger import router as ledger_router
 from medvault.api.limits import BodyLimits
+from medvault.api.metrics import RequestMetrics
+from medvault.api.metrics import router as metrics_router
 from medvault.api.openapi import document
 from medvault.api.research import router as research_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
 from medvault.guard import Guard
+from medvault.index.alerts import AlertStore
 from medvault.index.apikeys import ApiKeyStore
 from medvault.index.users import UserStore
 
@@ -57,8 +62,9 @@ class HeadersAndAccessLog:
     body chunk of a streamed response through an extra task and stream (WADO bodies are GBs).
     """
 
-    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+    def __init__(self, app: ASGIApp, *, hsts: bool, metrics: RequestMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
         self.headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in SECURITY_HEADERS.items()
@@ -95,12 +101,18 @@ class HeadersAndAccessLog:
                 scope, receive, send_with_headers
             )
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
             access_log.info(
-                "%s %s %d %.1fms", loggable(scope["method"]), loggable(scope["path"]), status, elapsed_ms
+                "%s %s %d %.1fms", loggable(scope["method"]), loggable(scope["path"]), status, elapsed * 1000
             )
+            if self.metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.metrics.observe(
+                    scope["method"] if scope["method"] in _METHODS else "OTHER", route, status, elapsed
+                )
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u2028\u2029]")
 _MAX_LOGGED = 512
 
@@ -149,8 +161,10 @@ def route_table() -> FastAPI:
     app.include_router(dicomweb_router)
     app.include_router(account_router)
     app.include_router(admin_router)
+    app.include_router(alerts_router)
     app.include_router(ledger_router)
     app.include_router(research_router)
+    app.include_router(metrics_router)
     return app
 
 
@@ -162,8 +176,13 @@ def create_app(
     guard: Guard,
     server: ServerSettings,
     oidc: OidcVerifier | None = None,
+    alerts: AlertStore | None = None,
+    metrics_dir: Path | None = None,
 ) -> FastAPI:
+    """``metrics_dir``: where worker processes share their request counters (see api/metrics.py)."""
     app = route_table()
+    app.state.alerts = alerts
+    app.state.metrics = RequestMetrics(metrics_dir)
     app.state.archive = archive
     app.state.api_keys = api_keys
     app.state.users = users
@@ -186,7 +205,7 @@ def create_app(
         await _error_response(error)(scope, receive, send)
 
     app.add_middleware(BodyLimits, stow_bytes=server.max_request_bytes, respond=respond)
-    app.add_middleware(HeadersAndAccessLog, hsts=not server.plain_http)
+    app.add_middleware(HeadersAndAccessLog, hsts=not server.plain_http, metrics=app.state.metrics)
 
     if server.cors_origins:
         app.add_middleware(

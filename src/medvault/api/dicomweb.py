@@ -134,9 +134,7 @@ _WARNINGS_SHOWN = 3  # failures named in the Warning header; every one is in the
 def _warning_header(failures: list[tuple[int, MedvaultError]]) -> str:
     """A short Warning header (RFC 9111 §5.5 form): the first few failures and a count; each
     failure's reason is in the body (FailedSOPSequence items, ErrorComment)."""
-    shown = [
-        f'299 medvault "part {pos}: {error.message[:200]}"' for pos, error in failures[:_WARNINGS_SHOWN]
-    ]
+    shown = [f'299 medvault "part {pos}: {error.message[:200]}"' for pos, error in failures[:_WARNINGS_SHOWN]]
     if len(failures) > _WARNINGS_SHOWN:
         shown.append(
             f'299 medvault "{len(failures) - _WARNINGS_SHOWN} more parts failed; see FailedSOPSequence"'

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-DOCUMENTED_PREFIXES = ("/auth/", "/api/", "/ledger/", "/research/", "/healthz")
+DOCUMENTED_PREFIXES = ("/auth/", "/api/", "/ledger/", "/research/", "/healthz", "/metrics")
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
@@ -68,6 +68,14 @@ GRANT = form_body(
 )
 REVOKE_GRANT = form_body(fields("kind", "value"), ["kind", "value"])
 NEW_API_KEY = form_body(fields("name", "role", expires_days=_DAYS), ["name", "role"])
+ACKNOWLEDGE = form_body(fields("note"))
+RESOLVE = form_body(
+    fields(
+        "note",
+        disposition={"type": "string", "enum": ["true_positive", "false_positive", "benign_explained"]},
+    ),
+    ["disposition"],
+)
 BREAK_GLASS = form_body(fields("study_uid", "reason"), ["study_uid", "reason"])
 EXPORT: dict[str, Any] = {
     "requestBody": {

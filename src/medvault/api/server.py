@@ -15,6 +15,7 @@ import hashlib
 import logging
 import logging.handlers
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -75,6 +76,8 @@ def _uvicorn_config(opened: OpenHome, listeners: Listeners) -> uvicorn.Config:
         guard=opened.guard,
         server=settings.server,
         oidc=opened.oidc,
+        alerts=opened.alerts,
+        metrics_dir=opened.root / METRICS_DIR,
     )
     from medvault.export import ExportSource
 
@@ -98,6 +101,8 @@ def _uvicorn_config(opened: OpenHome, listeners: Listeners) -> uvicorn.Config:
         **common,
     )
 
+
+METRICS_DIR = "run/metrics"  # the workers' HTTP counters (api/metrics.py), emptied at every start
 
 # glibc's mallopt(3) parameters, and the values the server uses (see keep_freed_memory).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -235,6 +240,56 @@ def _start_dimse(opened: OpenHome) -> DimseServer | None:
     )
 
 
+def _start_monitor(opened: OpenHome) -> tuple[threading.Thread, threading.Event] | None:
+    """The online monitor (medvault.alerting.worker) as a thread of the calling process."""
+    if not opened.settings.monitor.enabled:
+        return None
+    from medvault.alerting.worker import MonitorWorker
+
+    worker = MonitorWorker(
+        ledger=opened.ledger,
+        index=opened.archive.index,
+        alerts=opened.alerts,
+        users=opened.users,
+        settings=opened.settings.monitor,
+        root=opened.root,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="medvault-monitor", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def _stop_monitor(running: tuple[threading.Thread, threading.Event] | None) -> None:
+    if running is not None:
+        thread, stop = running
+        stop.set()
+        thread.join(30)
+
+
+def _monitor_worker(root: Path, keyring: KeyringFile) -> None:
+    """A process of its own for the online monitor (it restarts like any worker if it dies)."""
+    setup_logging(root)
+    opened = open_home(root, keyring)
+    _publish_outbox(opened)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        from medvault.alerting.worker import MonitorWorker
+
+        MonitorWorker(
+            ledger=opened.ledger,
+            index=opened.archive.index,
+            alerts=opened.alerts,
+            users=opened.users,
+            settings=opened.settings.monitor,
+            root=opened.root,
+        ).run(stop)
+    finally:
+        opened.close()
+
+
 def _dimse_worker(root: Path, keyring: KeyringFile, listeners: Listeners) -> None:
     """A process of its own for the DIMSE listener, next to the HTTP workers."""
     setup_logging(root)
@@ -252,6 +307,19 @@ def _dimse_worker(root: Path, keyring: KeyringFile, listeners: Listeners) -> Non
         if server is not None:
             server.shutdown()
         opened.close()
+
+
+def _check_monitor(opened: OpenHome) -> None:
+    """Refuse, before serving, a [monitor] section the worker could not run with."""
+    if not opened.settings.monitor.enabled:
+        return
+    from medvault.alerting.notify import Notifier
+    from medvault.alerting.responses import parse_responses
+    from medvault.alerting.worker import rules_from
+
+    rules_from(opened.settings.monitor.rules)
+    parse_responses(opened.settings.monitor.responses)
+    Notifier(opened.settings.monitor, opened.settings.ledger.origin, opened.root).check()
 
 
 def _publish_outbox(opened: OpenHome) -> None:
@@ -328,11 +396,13 @@ def serve(
         if not settings.server.plain_http:
             probe.ssl_context()  # unreadable certificate or key: fail before forking
         _check_dimse_port(probe)
+        _check_monitor(probe)
         sock = _listen(host, port)
         _ledger_configuration(probe)
         _sweep_leftovers(probe)
     finally:
         probe.close()
+    shutil.rmtree(root / METRICS_DIR, ignore_errors=True)  # counters start again with the server
     if on_listening is not None:
         on_listening()
     keep_freed_memory()  # before forking: the workers inherit it
@@ -342,11 +412,13 @@ def serve(
         opened = open_home(root, keyring)
         dimse = _start_dimse(opened)
         listeners.set("dimse", "up" if dimse is not None else "off")
+        monitor = _start_monitor(opened)
         checkpoints = _checkpointer(opened)
         try:
             uvicorn.Server(_uvicorn_config(opened, listeners)).run(sockets=[sock])
         finally:
             checkpoints.set()
+            _stop_monitor(monitor)
             if dimse is not None:
                 dimse.shutdown()
             opened.close()
@@ -365,6 +437,9 @@ def serve(
                 if role == "dimse":
                     sock.close()
                     _dimse_worker(root, keyring, listeners)
+                elif role == "monitor":
+                    sock.close()
+                    _monitor_worker(root, keyring)
                 else:
                     _worker(root, keyring, sock, listeners)
             except BaseException as exc:  # the child must never return into the parent's code
@@ -392,6 +467,8 @@ def serve(
         spawn()
     if settings.dimse.enabled:
         spawn("dimse")
+    if settings.monitor.enabled:
+        spawn("monitor")
     log.info("serving with %d worker processes", workers)
     while children:
         try:

@@ -14,6 +14,8 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault ledger …                                  cli/ledger.py
     medvault report …                                  cli/report.py
     medvault tls …                                     cli/tls.py
+    medvault monitor …                                 cli/monitor.py
+    medvault alerts …                                  cli/alerts.py
 """
 
 from __future__ import annotations
@@ -24,7 +26,21 @@ import re
 import typer
 from rich.markup import escape
 
-from medvault.cli import apikeys, fsck, home, importing, keys, ledger, nodes, report, research, tls, users
+from medvault.cli import (
+    alerts,
+    apikeys,
+    fsck,
+    home,
+    importing,
+    keys,
+    ledger,
+    monitor,
+    nodes,
+    report,
+    research,
+    tls,
+    users,
+)
 from medvault.cli._common import err
 from medvault.errors import MedvaultError
 
@@ -60,6 +76,8 @@ app.add_typer(nodes.app, name="nodes")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(report.app, name="report")
 app.add_typer(tls.app, name="tls")
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(alerts.app, name="alerts")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

@@ -46,6 +46,7 @@ HoldKind = Literal["step_up", "lock_account", "hold_exports", "suspend_key", "su
 _TABLES = [a.alerts, a.monitor_state, a.monitor_directory, a.security_holds]
 _MAX_PAGE = 1000
 
+
 def _inserted_id(result: Any) -> int:
     return int(result.inserted_primary_key[0])
 
@@ -200,16 +201,32 @@ class AlertStore:
 
     def save_state(self, processed: int, snapshot: dict[str, Any], *, now: datetime) -> None:
         sealed = self._seal(snapshot, "monitor/state")
+        values = {
+            "processed": processed,
+            "snapshot": sealed,
+            "saved_at": now,
+            "live": processed,
+            "heartbeat": now,
+        }
         with self._writer.begin() as conn:
             done = conn.execute(
-                update(a.monitor_state)
-                .where(a.monitor_state.c.id == 1)
-                .values(processed=processed, snapshot=sealed, saved_at=now)
+                update(a.monitor_state).where(a.monitor_state.c.id == 1).values(**values)
             ).rowcount
             if not done:
-                conn.execute(
-                    insert(a.monitor_state).values(id=1, processed=processed, snapshot=sealed, saved_at=now)
-                )
+                conn.execute(insert(a.monitor_state).values(id=1, **values))
+
+    def beat(self, live: int, *, now: datetime) -> None:
+        """The running worker has scored ``live`` ledger entries (cheap: no snapshot)."""
+        with self._writer.begin() as conn:
+            conn.execute(
+                update(a.monitor_state).where(a.monitor_state.c.id == 1).values(live=live, heartbeat=now)
+            )
+
+    def progress(self) -> tuple[int, datetime | None]:
+        """(entries scored by the running worker, its last heartbeat): for the lag metric."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(a.monitor_state.c.live, a.monitor_state.c.heartbeat)).first()
+        return (0, None) if row is None else (int(row.live), _aware(row.heartbeat))
 
     def add_alerts(
         self, items: Sequence[tuple[NewAlert, bytes]], *, now: datetime, owner: str, after_size: int
@@ -306,6 +323,13 @@ class AlertStore:
             rows = conn.execute(query.offset(max(0, offset))).all()
         return [self._record(r) for r in rows]
 
+    def hold(self, hold_id: int) -> Hold:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(a.security_holds).where(a.security_holds.c.id == hold_id)).first()
+        if row is None:
+            raise NotFound(f"no hold {hold_id}")
+        return self._hold(row)
+
     def get(self, alert_id: int) -> AlertRecord:
         with self.engine.connect() as conn:
             row = conn.execute(select(a.alerts).where(a.alerts.c.id == alert_id)).first()
@@ -322,6 +346,7 @@ class AlertStore:
         now: datetime,
         disposition: str | None = None,
         note: str | None = None,
+        outbox: Outbox | None = None,
     ) -> AlertRecord:
         """Acknowledge (taken in hand) or resolve (with a disposition) an alert. A resolved alert
         stays resolved: a second resolution is a Conflict (the first one fed the monitor already)."""
@@ -343,6 +368,8 @@ class AlertStore:
             if note:
                 values["note"] = self._seal(note, f"alert-note/{alert_id}")
             conn.execute(update(a.alerts).where(a.alerts.c.id == alert_id).values(**values))
+            if outbox is not None:  # its ledger event, in this same transaction
+                write_outbox(conn, outbox)
         return self.get(alert_id)
 
     def open_counts(self) -> dict[str, int]:
@@ -420,7 +447,14 @@ class AlertStore:
             ).one()
         return self._hold(row)
 
-    def lift_hold(self, hold_id: int, *, by: str, now: datetime) -> Hold:
+    def lift_hold(
+        self,
+        hold_id: int,
+        *,
+        by: str,
+        now: datetime,
+        outbox: Outbox | None = None,
+    ) -> Hold:
         with self._writer.begin() as conn:
             row = conn.execute(select(a.security_holds).where(a.security_holds.c.id == hold_id)).first()
             if row is None:
@@ -433,6 +467,8 @@ class AlertStore:
                 .values(lifted_at=now, lifted_by=by[:255])
             )
             row = conn.execute(select(a.security_holds).where(a.security_holds.c.id == hold_id)).one()
+            if outbox is not None:
+                write_outbox(conn, outbox)
         return self._hold(row)
 
     def lift_all(self, kind: HoldKind, subject: str, *, by: str, now: datetime) -> list[Hold]:

@@ -8,7 +8,7 @@ columnar reader feeds the online monitor's ``observe_batch``, the one scoring pa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -75,8 +75,10 @@ def replay_file(
     feedback: Feedback | None = None,
     monitor: OnlineMonitor | None = None,
     batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
-    """Score EVENTS.jsonl into OUT.jsonl (one line per input event, same order)."""
+    """Score EVENTS.jsonl into OUT.jsonl (one line per input event, same order); ``on_batch``
+    hears how many events each batch held (for a progress display)."""
     m = monitor or OnlineMonitor(directory=directory, rules=rules, feedback=feedback)
     n = alerts = 0
     incidents: set[str] = set()
@@ -87,4 +89,6 @@ def replay_file(
             n += len(scored)
             alerts += int(scored.alert.sum())
             incidents.update(i for i in scored.incident_id if i is not None)
+            if on_batch is not None:
+                on_batch(len(scored))
     return ReplaySummary(events=n, alerts=alerts, incidents=len(incidents))

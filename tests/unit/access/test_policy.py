@@ -41,10 +41,11 @@ EXPECTED: dict[str, set[Action]] = {
     "technologist": {A.STUDY_READ, A.STUDY_STORE},
     "referring_physician": {A.STUDY_READ, A.BREAKGLASS_USE},
     "researcher": {A.DEID_READ, A.DEID_EXPORT},
-    "auditor": {A.LEDGER_READ, A.ALERTS_READ, A.BREAKGLASS_REVIEW},
+    "auditor": {A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW},
     "service": {A.STUDY_STORE},
     "archivist": {A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE},
     "viewer": {A.STUDY_READ},
+    "monitoring": {A.METRICS_READ},
 }
 
 

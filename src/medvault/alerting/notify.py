@@ -1,0 +1,173 @@
+"""Alert notifications: to a SIEM over syslog (RFC 5424 over TLS, the message an IHE ATNA
+AuditMessage, as `medvault ledger export --format atna` sends) and to a webhook as JSON signed
+with HMAC-SHA256.
+
+Webhook request: ``POST`` the alert's JSON (docs/monitoring.md) with
+``X-Medvault-Timestamp: <unix seconds>`` and
+``X-Medvault-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; a receiver
+recomputes it and refuses stale timestamps (replays). A failed delivery is retried by the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from medvault.config import MonitorSettings
+from medvault.errors import ConfigError, MedvaultError
+from medvault.index.alerts import AlertRecord
+from medvault.ledger.atna import audit_message
+from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
+from medvault.ledger.syslog import (
+    SEVERITY_WARNING,
+    SdElement,
+    SyslogSender,
+    format_message,
+    parse_destination,
+)
+
+log = logging.getLogger("medvault.server")
+SIGNATURE_HEADER = "X-Medvault-Signature"
+TIMESTAMP_HEADER = "X-Medvault-Timestamp"
+_SD_ID = "medvault-alert@32473"
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The webhook signature header's value for ``body`` sent at ``timestamp``."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def alert_json(alert: AlertRecord) -> dict[str, object]:
+    """What leaves the archive about an alert: no officer's note."""
+    doc = alert.to_json()
+    doc.pop("note", None)
+    return doc
+
+
+def _as_event(alert: AlertRecord) -> AuditEvent:
+    return AuditEvent(
+        kind=EventKind.ALERT,
+        time=alert.raised_at,
+        actor=Actor(kind=ActorKind.SYSTEM, id="medvault-monitor"),
+        action="monitor.alert",
+        outcome=Outcome.SUCCESS,
+        object=ObjectRef(type="incident", id=alert.incident_id) if alert.incident_id else None,
+        patient=alert.patient,
+        reason="; ".join(alert.reasons)[:2000] or None,
+        details={
+            "alert_id": alert.id,
+            "subject": alert.subject[:500],
+            "severity": alert.severity,
+            "score_milli": round(alert.score * 1000),
+            "ledger_index": alert.source_index,
+        },
+    )
+
+
+@dataclass
+class Notifier:
+    settings: MonitorSettings
+    origin: str
+    root: Path
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.syslog or self.settings.webhook_url)
+
+    def check(self) -> None:
+        """Refuse a configuration that cannot work, before serving."""
+        if self.settings.syslog:
+            parse_destination(self.settings.syslog)
+        if self.settings.webhook_url:
+            if not self.settings.webhook_url.startswith("https://"):
+                raise ConfigError("[monitor] webhook_url must be an https:// URL")
+            if not self.settings.webhook_secret_env or not os.environ.get(self.settings.webhook_secret_env):
+                raise ConfigError(
+                    "[monitor] webhook_url needs a secret: set webhook_secret_env to the name of an "
+                    "environment variable that holds it (and set that variable)"
+                )
+
+    def _path(self, value: str) -> Path | None:
+        return (self.root / value) if value else None
+
+    def deliver(self, alert: AlertRecord) -> bool:
+        """Send the alert everywhere configured; True when every channel took it."""
+        ok = True
+        if self.settings.syslog:
+            ok = self._syslog(alert) and ok
+        if self.settings.webhook_url:
+            ok = self._webhook(alert) and ok
+        return ok
+
+    def _syslog(self, alert: AlertRecord) -> bool:
+        event = _as_event(alert)
+        message = format_message(
+            audit_message(event, source_id=self.origin),
+            severity=SEVERITY_WARNING,
+            timestamp=alert.raised_at,
+            hostname=socket.gethostname(),
+            procid=str(os.getpid()),
+            msgid="ALERT",
+            structured_data=[
+                SdElement(
+                    _SD_ID, [("id", str(alert.id)), ("severity", alert.severity), ("origin", self.origin)]
+                )
+            ],
+        )
+        try:
+            with SyslogSender(
+                parse_destination(self.settings.syslog),
+                ca_file=self._path(self.settings.syslog_ca),
+                timeout=10,
+            ) as sender:
+                sender.send(message)
+        except MedvaultError as exc:
+            log.warning("alert %d: syslog delivery failed: %s", alert.id, exc.message)
+            return False
+        return True
+
+    def _webhook(self, alert: AlertRecord) -> bool:
+        secret = os.environ.get(self.settings.webhook_secret_env, "").encode()
+        if not secret:
+            log.warning("alert %d: webhook secret %s is not set", alert.id, self.settings.webhook_secret_env)
+            return False
+        body = json.dumps(alert_json(alert), separators=(",", ":"), sort_keys=True).encode()
+        stamp = str(int(time.time()))
+        ca = self._path(self.settings.webhook_ca)
+        try:
+            answer = httpx.post(
+                self.settings.webhook_url,
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    TIMESTAMP_HEADER: stamp,
+                    SIGNATURE_HEADER: sign(secret, stamp, body),
+                },
+                verify=str(ca) if ca else True,
+                timeout=10,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("alert %d: webhook delivery failed: %s", alert.id, type(exc).__name__)
+            return False
+        if answer.status_code >= 300:
+            log.warning("alert %d: webhook answered %d", alert.id, answer.status_code)
+            return False
+        return True
+
+
+def next_attempt(failures: int, now: float) -> float:
+    """Back-off between delivery attempts: 5 s, 10 s, 20 s … at most 10 minutes."""
+    return now + min(5.0 * 2.0 ** max(0, failures - 1), 600.0)
+
+
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Notifier", "alert_json", "next_attempt", "sign"]

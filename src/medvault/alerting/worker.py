@@ -1,0 +1,321 @@
+"""The online monitor: a worker of ``serve`` that scores every event the ledger accepts.
+
+Each step reads the ledger entries it has not scored yet (from every door: DICOMweb, DIMSE, the
+CLI, sign-ins), turns them into monitor events (:func:`medvault.monitor.from_ledger`), scores them
+with the one :class:`~medvault.monitor.OnlineMonitor` (the same code as ``monitor replay``), and
+for each alerting event stores an alert together with its ``alert`` ledger event (one
+transaction, through the ledger outbox), carries out the automatic responses and sends the
+notifications. An officer's resolution is itself a ledger event (``alert.resolve``): the worker
+applies it to the monitor when it reaches it, so feedback is as causal as everything else.
+
+Restarts: the monitor's state is saved with the ledger position it covers (every
+``[monitor] snapshot_seconds`` and at stop). A worker that died resumes from the last save and
+scores the entries after it again; scores are causal, so they come out the same, and an alert is
+stored once per source entry, so nothing is lost or raised twice. Responses and notifications
+are flags on the alert, retried until done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medvault.alerting.directory import effective_directory
+from medvault.alerting.notify import Notifier, next_attempt
+from medvault.alerting.responses import Responder, parse_responses, response_event
+from medvault.audit import publish
+from medvault.config import MonitorSettings
+from medvault.errors import ConfigError, MedvaultError
+from medvault.index.alerts import AlertRecord, AlertStore, NewAlert
+from medvault.index.outbox import process_tag
+from medvault.index.store import Index
+from medvault.index.users import UserStore
+from medvault.ledger.events import AuditEvent, EventKind, canonical_bytes, parse_event
+from medvault.ledger.store import Ledger
+from medvault.monitor import (
+    Disposition,
+    EventBatch,
+    MonitorEvent,
+    OnlineMonitor,
+    Rules,
+    ScoredEvent,
+    alert_event,
+    from_ledger,
+)
+
+log = logging.getLogger("medvault.server")
+RESOLVE_ACTION = "alert.resolve"
+_READ_BATCH = 5000
+_DIRECTORY_CHECK_SECONDS = 30.0
+_BEAT_SECONDS = 1.0  # progress (the lag metric) at most this stale while busy
+_IDLE_BEAT_SECONDS = 5.0  # the heartbeat when there is nothing to score
+_SWEEP_SECONDS = 5.0
+
+
+def rules_from(entries: Sequence[str]) -> Rules:
+    """``[monitor] rules``: "name=value" overrides of the detection settings (docs/monitoring.md)."""
+    defaults = Rules().to_json()
+    changes: dict[str, Any] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ConfigError(
+                f"[monitor] rules: {entry!r} is not NAME=VALUE of a known setting",
+                hint="The settings and their defaults are listed in docs/monitoring.md.",
+            )
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"[monitor] rules: {name} must be a number") from None
+        changes[name] = int(number) if isinstance(defaults[name], int) else number
+    try:
+        return Rules.from_json({**defaults, **changes})
+    except MedvaultError as exc:
+        raise ConfigError(f"[monitor] rules: {exc.message.removeprefix('rules: ')}") from None
+
+
+def encode_points(points: dict[str, float]) -> str:
+    """Rule points as ledger details can hold them (no floats): ``rule:milli,…``."""
+    return ",".join(f"{rule}:{round(value * 1000)}" for rule, value in sorted(points.items()))
+
+
+def decode_points(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        rule, sep, milli = item.partition(":")
+        if sep and milli.lstrip("-").isdigit():
+            out[rule] = int(milli) / 1000
+    return out
+
+
+def resolve_event(alert: AlertRecord, *, disposition: str, actor: Any, now: datetime) -> AuditEvent:
+    """The ledger event of an officer's resolution; the worker feeds it back to the monitor."""
+    from medvault.ledger.events import ObjectRef, Outcome
+
+    return AuditEvent(
+        kind=EventKind.ALERT,
+        time=now,
+        actor=actor,
+        action=RESOLVE_ACTION,
+        outcome=Outcome.SUCCESS,
+        object=ObjectRef(type="alert", id=str(alert.id)),
+        patient=alert.patient,
+        details={
+            "disposition": disposition,
+            "subject": alert.subject[:500],
+            "points": encode_points(alert.points)[:2000],
+            "ledger_index": alert.source_index,
+        },
+    )
+
+
+def _new_alert(scored: ScoredEvent, index: int, time_of: datetime) -> NewAlert:
+    incident = scored.incident
+    return NewAlert(
+        source_index=index,
+        event_time=time_of,
+        subject=scored.user,
+        severity=scored.severity,
+        score=scored.score,
+        incident_id=scored.incident_id,
+        patient=scored.patient_id,
+        study_uid=None,
+        reasons=tuple(scored.reasons),
+        points=dict(scored.points),
+        features={k: float(v) for k, v in scored.features.items()},
+        incident=None
+        if incident is None
+        else {"id": incident.incident_id, "alerts": incident.alerts, "score": round(incident.score, 3)},
+    )
+
+
+@dataclass
+class StepResult:
+    scored: int
+    alerts: int
+
+
+class MonitorWorker:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        index: Index,
+        alerts: AlertStore,
+        users: UserStore,
+        settings: MonitorSettings,
+        root: Path,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.ledger = ledger
+        self.index = index
+        self.alerts = alerts
+        self.users = users
+        self.settings = settings
+        self.clock = clock
+        rules = rules_from(settings.rules)
+        self.responder = Responder(table=parse_responses(settings.responses), alerts=alerts, users=users)
+        self.notifier = Notifier(settings, ledger.origin, root)
+        self.notifier.check()
+        directory, self._directory_stamp = effective_directory(alerts, users)
+        self.processed, snapshot = alerts.load_state()
+        if snapshot is None:
+            self.monitor = OnlineMonitor(directory=directory, rules=rules, late="clamp")
+        else:
+            self.monitor = OnlineMonitor.restore(snapshot, directory=directory)
+            self.monitor.rules = rules
+        self._saved_at = time.monotonic()
+        self._beat_at = 0.0
+        self._swept_at = -_SWEEP_SECONDS  # the first step finishes what a previous worker left
+        if snapshot is None:
+            self.save()  # the state row exists from the start: heartbeats and the lag metric need it
+        self._directory_checked = time.monotonic()
+        self._delivery: dict[int, tuple[int, float]] = {}  # alert id -> (failures, next attempt)
+
+    # -- one step ----------------------------------------------------------------------------------
+
+    def step(self) -> StepResult:
+        """Score what the ledger accepted since the last step; respond and notify."""
+        self._refresh_directory()
+        self.ledger.flush()  # read events queued by this process's own ledger
+        size = self.ledger.size
+        scored = raised = 0
+        while self.processed < size:
+            stop = min(size, self.processed + _READ_BATCH)
+            leaves = self.ledger.entries(self.processed, stop)
+            n, a = self._score(leaves, self.processed)
+            scored, raised = scored + n, raised + a
+            self.processed = stop
+        now = self.clock()
+        clock = time.monotonic()
+        if clock - self._saved_at >= self.settings.snapshot_seconds:
+            self.save()
+        elif clock - self._beat_at >= (_BEAT_SECONDS if scored else _IDLE_BEAT_SECONDS):
+            self.alerts.beat(self.processed, now=now)  # a durable write: seldom
+            self._beat_at = clock
+        # Responses and notifications at once for new alerts; otherwise (retries, and what a
+        # previous worker left unfinished) every few seconds: an idle step costs two queries.
+        if raised or clock - self._swept_at >= _SWEEP_SECONDS:
+            self._respond(now)
+            self._notify()
+            self._swept_at = clock
+        return StepResult(scored, raised)
+
+    def _score(self, leaves: Sequence[bytes], first: int) -> tuple[int, int]:
+        pending: list[tuple[MonitorEvent, int, datetime]] = []
+        items: list[tuple[NewAlert, bytes]] = []
+        scored = 0
+
+        def flush() -> None:
+            nonlocal scored
+            if not pending:
+                return
+            batch = self.monitor.observe_batch(EventBatch.of([e for e, _, _ in pending]))
+            scored += len(pending)
+            now = self.clock()
+            for i, result in enumerate(batch.alert):
+                if result:
+                    event = batch.event(i)
+                    _, index, when = pending[i]
+                    items.append(
+                        (_new_alert(event, index, when), canonical_bytes(alert_event(event, time=now)))
+                    )
+            pending.clear()
+
+        for offset, leaf in enumerate(leaves):
+            try:
+                event = parse_event(leaf)
+            except MedvaultError:
+                log.error("ledger entry %d cannot be read by the monitor; skipped", first + offset)
+                continue
+            if event.kind is EventKind.ALERT and event.action == RESOLVE_ACTION:
+                flush()  # everything before the resolution is scored without it
+                self._apply_resolution(event)
+                continue
+            mapped = from_ledger(event, index=first + offset)
+            if mapped is not None:
+                pending.append((mapped, first + offset, event.time))
+        flush()
+        if items:
+            self._store(items)
+        return scored, len(items)
+
+    def _apply_resolution(self, event: AuditEvent) -> None:
+        details = dict(event.details)
+        try:
+            disposition = Disposition(str(details.get("disposition")))
+        except ValueError:
+            return
+        self.monitor.resolve(
+            user=str(details.get("subject", "")),
+            fired=decode_points(str(details.get("points", ""))),
+            disposition=disposition,
+            patient_id=event.patient,
+        )
+
+    def _store(self, items: list[tuple[NewAlert, bytes]]) -> None:
+        _, outbox = self.alerts.add_alerts(
+            items, now=self.clock(), owner=process_tag(), after_size=self.ledger.size
+        )
+        publish(self.ledger, self.index, outbox)
+
+    def _respond(self, now: datetime) -> None:
+        for alert in self.alerts.unfinished("responded"):
+            applied = self.responder.respond(alert, now=now)
+            if applied:
+                self.ledger.append_many([response_event(alert, a, now=now) for a in applied])
+            self.alerts.mark(alert.id, "responded")
+
+    def _notify(self) -> None:
+        if not self.notifier.configured:
+            return
+        clock = time.monotonic()
+        for alert in self.alerts.unfinished("notified"):
+            failures, when = self._delivery.get(alert.id, (0, 0.0))
+            if clock < when:
+                continue
+            if self.notifier.deliver(alert):
+                self.alerts.mark(alert.id, "notified")
+                self._delivery.pop(alert.id, None)
+            else:
+                self._delivery[alert.id] = (failures + 1, next_attempt(failures + 1, clock))
+
+    def _refresh_directory(self) -> None:
+        if time.monotonic() - self._directory_checked < _DIRECTORY_CHECK_SECONDS:
+            return
+        self._directory_checked = time.monotonic()
+        directory, stamp = effective_directory(self.alerts, self.users)
+        if stamp != self._directory_stamp:
+            self._directory_stamp = stamp
+            self.monitor.set_directory(directory)
+
+    def save(self) -> None:
+        self.alerts.save_state(self.processed, self.monitor.snapshot(), now=self.clock())
+        self._saved_at = time.monotonic()
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Step every ``poll_ms`` until ``stop``; an error is logged and the next step tries again
+        (nothing crashes the monitor); the state is saved on the way out."""
+        interval = max(0.02, self.settings.poll_ms / 1000)
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except Exception as exc:
+                    log.error("monitor step failed: %s", type(exc).__name__)
+                    stop.wait(min(5.0, interval * 10))
+                stop.wait(interval)
+        finally:
+            try:
+                self.save()
+            except Exception as exc:
+                log.error("monitor state not saved: %s", type(exc).__name__)
