@@ -21,10 +21,10 @@ CORE: dict[str, set[str]] = {
     "ledger": {"crypto"},
     "index": {"crypto", "dicom", "access"},
     "monitor": {"ledger"},
-    "alerting": {"crypto", "dicom", "storage", "access", "ledger", "index", "monitor"},
 }
-#: The service layer (archive and the modules around it): core and each other, never a protocol.
-SERVICE = {"archive", "audit", "guard", "home", "export", "fsck", "reports", "sample", "testing"}
+#: The service layer (archive and the modules around it, and the online monitor's worker, alerting/):
+#: core and each other, never a protocol.
+SERVICE = {"archive", "audit", "guard", "home", "export", "fsck", "reports", "sample", "testing", "alerting"}
 PROTOCOLS = {"api", "dimse", "web"}
 
 

@@ -97,8 +97,14 @@ def _whole_summaries(group: typer.Typer) -> None:
         if command.short_help is None and command.callback is not None:
             command.short_help = first_sentence(inspect.getdoc(command.callback) or "")
     for sub in group.registered_groups:
-        if sub.typer_instance is not None:
-            _whole_summaries(sub.typer_instance)
+        if sub.typer_instance is None:
+            continue
+        # A group's help as typer resolves it: add_typer(help=...), else the sub-app's own.
+        texts = (sub.help, sub.typer_instance.info.help)
+        text = next((t for t in texts if isinstance(t, str) and t), None)
+        if text is not None and not isinstance(sub.short_help, str):
+            sub.short_help = first_sentence(text)
+        _whole_summaries(sub.typer_instance)
 
 
 _whole_summaries(app)
