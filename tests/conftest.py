@@ -150,9 +150,10 @@ def start_server(home: Home, *, own_session: bool = False) -> Server:
             raise RuntimeError(f"medvault serve exited with {process.returncode}: {stderr}")
         try:
             if httpx.get(f"{server.url}/healthz", verify=context, timeout=1).status_code == 200:
-                return server
+                return server  # every enabled listener (HTTPS, DIMSE) accepts
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.05)
     server.stop()
     raise RuntimeError("medvault serve did not become ready in 30 s")
 

@@ -24,6 +24,7 @@ from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
 from medvault.dicom.matching import Criterion
 from medvault.dicom.parse import ParsedInstance, parse_instance
+from medvault.dicom.sameness import same_instance
 from medvault.errors import (
     Conflict,
     Forbidden,
@@ -239,6 +240,14 @@ class Archive:
             return self._failed(p.parsed, exc)
         self._publish(outbox)
         return self._stored(p.parsed)
+
+    def _same_as_stored(self, parsed: ParsedInstance, data: bytes) -> bool:
+        """Do these bytes hold the stored instance in another envelope (new file meta, another
+        transfer syntax), as a modality's retry or a re-send of an imported file does?"""
+        records = self.index.find_instances(
+            parsed.study_instance_uid, parsed.series_instance_uid, parsed.sop_instance_uid
+        )
+        return bool(records) and same_instance(self.read(records[0]), data)
 
     def _outbox(self, events: Sequence[AuditEvent]) -> Outbox | None:
         """The ledger events of an index change, to be written with it (medvault.index.outbox)."""
@@ -653,7 +662,7 @@ class StoreSession:
         for pos, parsed, digest, data in queued:
             known = existing.get(parsed.sop_instance_uid)
             if known is not None:
-                self._settle(pos, self._duplicate(parsed, digest, known))
+                self._settle(pos, self._duplicate(parsed, digest, known, data))
                 continue
             prepared = archive._prepare(data, parsed, digest)
             future = archive._writer.submit(archive._encrypt_and_put, data, prepared)
@@ -661,9 +670,12 @@ class StoreSession:
             self._inflight_bytes += len(data)
             self._drain(_INFLIGHT_BYTES)
 
-    def _duplicate(self, parsed: ParsedInstance, digest: bytes, known: tuple[bytes, str]) -> StoreOutcome:
-        """An SOP instance that is stored already: unchanged (fine), changed (a conflict), or in a
-        study this writer may not touch (refused exactly as any other out-of-scope write)."""
+    def _duplicate(
+        self, parsed: ParsedInstance, digest: bytes, known: tuple[bytes, str], data: bytes
+    ) -> StoreOutcome:
+        """An SOP instance that is stored already: unchanged (fine, also when re-encoded by the
+        sender), changed (a conflict), or in a study this writer may not touch (refused exactly as
+        any other out-of-scope write)."""
         stored_digest, stored_study = known
         archive = self._archive
         if self._may_store is not None and stored_study != parsed.study_instance_uid:
@@ -674,7 +686,7 @@ class StoreSession:
             return archive._failed(
                 parsed, Conflict(f"SOP instance {parsed.sop_instance_uid} is stored in another study")
             )
-        if stored_digest == digest:
+        if stored_digest == digest or archive._same_as_stored(parsed, data):
             return archive._stored(parsed, "already_present")
         return archive._failed(parsed, _conflict_with_stored(parsed.sop_instance_uid))
 

@@ -7,6 +7,9 @@ default), and plain HTTP needs an explicit ``plain_http = true`` for a TLS-termi
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -169,12 +172,18 @@ def _build(section: str, cls: type[Any], raw: dict[str, Any]) -> Any:
 def load_settings(home: Path) -> Settings:
     path = home / CONFIG_FILE
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path} does not exist",
             hint="Run `medvault init --home HOME` first, or check --home / MEDVAULT_HOME.",
         ) from None
+    return _settings_from(text, path)
+
+
+def _settings_from(text: str, path: Path) -> Settings:
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     parts: dict[str, Any] = {}
@@ -235,8 +244,10 @@ checkpoint_seconds = 10     # how often a new signed checkpoint is published (wh
 [oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
 issuer = ""
 audience = ""
-jwks_url = ""               # or jwks_file = "idp-jwks.json" for an air-gapped site
+jwks_url = ""               # the provider's signing keys (HTTPS) ...
+jwks_file = ""              # ... or a JWKS file in this folder, for an air-gapped site
 roles_claim = "roles"
+username_claim = "preferred_username"
 role_map = []               # e.g. ["pacs-radiologists=radiologist", "pacs-audit=auditor"]
 
 [access]
@@ -258,3 +269,33 @@ webhook_url = ""            # alerts as signed JSON POSTs (HMAC-SHA256 in X-Medv
 webhook_secret_env = ""     # the environment variable holding the webhook secret
 webhook_ca = ""
 """
+
+
+def write_setting(home: Path, section: str, key: str, value: int | str) -> None:
+    """Set one key of ``medvault.toml`` in place, keeping every comment and other line (quickstart
+    remembers a port given with --dimse-port this way). Nothing is written that the loader refuses."""
+    literal = str(value) if isinstance(value, int) else json.dumps(value)  # a valid TOML basic string
+    path = home / CONFIG_FILE
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assignment = re.compile(rf'^\s*{re.escape(key)}\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^#]*?)(\s*#.*)?$')
+    current, header = None, None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped[1:].split("]")[0].strip()
+            header = i if current == section else header
+        elif current == section and (match := assignment.match(line)):
+            lines[i] = f"{key} = {literal}{match.group(1) or ''}"
+            break
+    else:
+        if header is None:
+            lines += ["", f"[{section}]", f"{key} = {literal}"]
+        else:
+            lines.insert(header + 1, f"{key} = {literal}")
+    text = "\n".join(lines) + "\n"
+    _settings_from(text, path)  # an unknown key or a wrong type: refused before anything is written
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    tmp.replace(path)

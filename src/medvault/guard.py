@@ -12,10 +12,16 @@ from datetime import UTC, datetime
 
 from medvault.access.policy import Action, Context, Decision, DecisionPoint, Principal, Resource, enforce
 from medvault.archive import StoreCheck
-from medvault.errors import NotFound
+from medvault.errors import Forbidden, NotFound
 from medvault.index.store import Index, StudyFacts
 
 MISSING_STUDY = "no such study"
+#: What a person signed in with a one-time password must do next (the README's first sign-in).
+FIRST_SIGN_IN = (
+    "Change it first: POST /auth/password with the form fields username, old_password (the one-time "
+    "password), new_password (at least 12 characters) and otp (a current TOTP code); then sign in "
+    "again at POST /auth/token with the new password."
+)
 
 
 def resource_of(facts: StudyFacts) -> Resource:
@@ -37,7 +43,10 @@ class Guard:
 
     def require(self, principal: Principal | None, action: Action, *, client: str | None = None) -> Decision:
         """May this subject do ``action`` at all (before looking at any study)?"""
-        return enforce(self.pdp.decide(principal, action, None, self._context(client)))
+        decision = self.pdp.decide(principal, action, None, self._context(client))
+        if not decision.allowed and principal is not None and principal.must_change_password:
+            raise Forbidden(f"not permitted: {decision.reason}", hint=FIRST_SIGN_IN)
+        return enforce(decision)
 
     def study(
         self, principal: Principal | None, action: Action, study_uid: str, *, client: str | None = None

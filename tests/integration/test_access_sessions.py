@@ -75,11 +75,7 @@ def configure_oidc(home: Home, public_key: rsa.RSAPublicKey) -> None:
     home.set_config("oidc", "issuer", json.dumps(ISSUER))
     home.set_config("oidc", "audience", json.dumps(AUDIENCE))
     home.set_config("oidc", "role_map", '["pacs-radiologists=radiologist", "pacs-audit=auditor"]')
-    # set_config only replaces existing lines; jwks_file is not in the default file: add it.
-    path = home.root / "medvault.toml"
-    text = path.read_text()
-    assert text.count('\njwks_url = ""') == 1
-    path.write_text(text.replace('\njwks_url = ""', '\njwks_url = ""\njwks_file = "idp-jwks.json"'))
+    home.set_config("oidc", "jwks_file", '"idp-jwks.json"')  # the default file names every key
 
 
 @pytest.fixture(scope="module")

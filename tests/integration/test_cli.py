@@ -72,10 +72,10 @@ def test_import_is_idempotent_and_reports_refusals(home: Home, tmp_path: Path) -
     (folder / "notes.txt").write_text("not an image")
     (folder / "cut.dcm").write_bytes(files[0].read_bytes()[:-100])
     first = home.cli("import", str(folder), check=False)
-    assert first.returncode == 2  # some files were refused
+    assert first.returncode == 2  # a damaged file was refused
     assert re.search(r"stored\s*│\s*4", first.stdout)
-    assert re.search(r"refused\s*│\s*2", first.stdout)
-    assert "notes.txt: not a DICOM Part 10 file" in first.stdout
+    assert re.search(r"refused\s*│\s*1", first.stdout)
+    assert re.search(r"skipped \(not DICOM\)\s*│\s*1", first.stdout)  # notes.txt
     assert "cut.dcm: truncated" in first.stdout
     second = home.cli("import", *map(str, files))
     assert re.search(r"already present\s*│\s*4", second.stdout)
@@ -107,7 +107,16 @@ def test_quickstart_prints_a_query_that_works(tmp_path: Path) -> None:
     """README command 1: a demo home, a sample study, and a ready-to-paste query against it."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "medvault.cli", "quickstart", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "medvault.cli",
+            "quickstart",
+            "--port",
+            str(port),
+            "--dimse-port",
+            str(free_port()),
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

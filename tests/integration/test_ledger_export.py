@@ -164,7 +164,7 @@ def test_atna_over_tls_to_a_syslog_receiver(opened: OpenHome, tmp_path: Path) ->
     progress: list[int] = []
 
     result = export_ledger(
-        opened,
+        opened.ledger,
         fmt="atna",
         destination=f"syslog+tls://127.0.0.1:{receiver.port}",
         ca_file=pki.ca,
@@ -215,7 +215,7 @@ def test_atna_over_tls_to_a_syslog_receiver(opened: OpenHome, tmp_path: Path) ->
     assert record.details["count"] == len(before) and record.details["last_index"] == len(before) - 1
     again = Receiver(server_ssl_context(pki.server_cert, pki.server_key, key_password=None))
     resumed = export_ledger(
-        opened,
+        opened.ledger,
         fmt="atna",
         destination=f"syslog+tls://127.0.0.1:{again.port}",
         ca_file=pki.ca,
@@ -231,7 +231,7 @@ def test_atna_over_tls_to_a_syslog_receiver(opened: OpenHome, tmp_path: Path) ->
 def test_jsonl_file_is_the_leaves(opened: OpenHome, tmp_path: Path) -> None:
     expected = leaves(opened)
     out = tmp_path / "export.jsonl"
-    result = export_ledger(opened, fmt="jsonl", destination=str(out))
+    result = export_ledger(opened.ledger, fmt="jsonl", destination=str(out))
     data = out.read_bytes()
     lines = data.split(b"\n")
     assert lines[-1] == b"" and lines[:-1] == expected
@@ -246,10 +246,10 @@ def test_jsonl_file_is_the_leaves(opened: OpenHome, tmp_path: Path) -> None:
         verify_inclusion(leaf_hash(lines[index]), index, size, proof.hashes, root)
     # never overwrites; resumes from an index
     with pytest.raises(InvalidInput, match="already exists"):
-        export_ledger(opened, fmt="jsonl", destination=str(out))
+        export_ledger(opened.ledger, fmt="jsonl", destination=str(out))
     tail = tmp_path / "tail.jsonl"
     now = len(leaves(opened))  # the two exports above were ledgered
-    part = export_ledger(opened, fmt="jsonl", destination=str(tail), since_index=size - 2)
+    part = export_ledger(opened.ledger, fmt="jsonl", destination=str(tail), since_index=size - 2)
     assert (part.count, part.last_index, part.next_index) == (now - (size - 2), now - 1, now)
     assert tail.read_bytes().split(b"\n")[:2] == expected[size - 2 :]
 
@@ -261,7 +261,10 @@ def test_untrusted_collector_certificate_fails_clearly(opened: OpenHome, tmp_pat
     size = opened.ledger.size
     with pytest.raises(SyslogError, match="does not verify against the CA file") as info:
         export_ledger(
-            opened, fmt="atna", destination=f"syslog+tls://127.0.0.1:{receiver.port}", ca_file=trusted.ca
+            opened.ledger,
+            fmt="atna",
+            destination=f"syslog+tls://127.0.0.1:{receiver.port}",
+            ca_file=trusted.ca,
         )
     assert "certificate verify failed" in str(info.value) or "unable to get local issuer" in str(info.value)
     assert receiver.received() == b""
@@ -274,7 +277,7 @@ def test_mutual_tls(opened: OpenHome, tmp_path: Path) -> None:
     strict = server_ssl_context(pki.server_cert, pki.server_key, key_password=None, client_ca_file=pki.ca)
     receiver = Receiver(strict)
     result = export_ledger(
-        opened,
+        opened.ledger,
         fmt="jsonl",
         destination=f"syslog+tls://127.0.0.1:{receiver.port}",
         ca_file=pki.ca,
@@ -291,7 +294,7 @@ def test_mutual_tls(opened: OpenHome, tmp_path: Path) -> None:
     refusing = Receiver(strict)
     with pytest.raises(SyslogError, match="collector"):
         export_ledger(
-            opened, fmt="jsonl", destination=f"syslog+tls://127.0.0.1:{refusing.port}", ca_file=pki.ca
+            opened.ledger, fmt="jsonl", destination=f"syslog+tls://127.0.0.1:{refusing.port}", ca_file=pki.ca
         )
     assert refusing.received() == b""
     assert refusing.error is not None

@@ -229,13 +229,21 @@ def test_same_instance_twice_in_one_request(client: httpx.Client) -> None:
     assert [WARNING_REASON in i for i in items] == [False, True]
 
 
-def test_different_bytes_under_existing_uid_is_409(client: httpx.Client) -> None:
+def test_a_different_data_set_under_existing_uid_is_409(client: httpx.Client) -> None:
+    """Other bytes of the same data set (here JPEG 2000 lossless of the same pixels) are the same
+    instance (issue 20: a re-send must succeed); a changed element is a conflict."""
     original = bundled("MR_small.dcm")
-    other = bundled("MR_small_jp2klossless.dcm")  # same SOPInstanceUID, different content
+    recoded = bundled("MR_small_jp2klossless.dcm")  # same SOPInstanceUID and data set, other encoding
     ds = dcmread(io.BytesIO(original))
-    assert dcmread(io.BytesIO(other)).SOPInstanceUID == ds.SOPInstanceUID
+    assert dcmread(io.BytesIO(recoded)).SOPInstanceUID == ds.SOPInstanceUID
     assert stow(client, [original]).status_code == 200
-    response = stow(client, [other])
+    again = stow(client, [recoded])
+    assert again.status_code == 200, again.text
+    assert WARNING_REASON in seq(again.json(), REFERENCED)[0]  # already present, kept as first stored
+    ds.SeriesDescription = "corrected afterwards"
+    changed = io.BytesIO()
+    ds.save_as(changed, enforce_file_format=True)
+    response = stow(client, [changed.getvalue()])
     assert response.status_code == 409, response.text
     payload = response.json()
     assert REFERENCED not in payload

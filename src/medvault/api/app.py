@@ -25,6 +25,7 @@ from medvault.api.admin import router as admin_router
 from medvault.api.alerts import router as alerts_router
 from medvault.api.auth import Authenticated, BearerChallenge
 from medvault.api.dicomweb import router as dicomweb_router
+from medvault.api.health import router as health_router
 from medvault.api.ledger import router as ledger_router
 from medvault.api.limits import BodyLimits
 from medvault.api.metrics import RequestMetrics
@@ -152,14 +153,11 @@ def route_table() -> FastAPI:
         openapi_url=None,  # served behind authentication at /api/openapi.json instead
     )
 
-    @app.get("/healthz", openapi_extra={"security": []})
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
-
     @app.get("/api/openapi.json")
     def openapi_document(who: Authenticated) -> JSONResponse:
         return JSONResponse(document(app))
 
+    app.include_router(health_router)
     app.include_router(dicomweb_router)
     app.include_router(account_router)
     app.include_router(admin_router)

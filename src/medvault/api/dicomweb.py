@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from medvault.access.policy import Action, Principal
 from medvault.api.auth import CanDelete, CanRead, CanStore, client_address
 from medvault.api.negotiation import (
+    ACCEPT_PARAMETER,
     ANY_SYNTAX,
     EXPLICIT_VR_LE,
     negotiate_dicom,
@@ -60,10 +61,26 @@ def get_archive(request: Request) -> Archive:
 ArchiveDep = Annotated[Archive, Depends(get_archive)]
 
 
+def accept_query(request: Request) -> list[str]:
+    """The values of the Accept Query Parameter (PS3.18 §8.3.3.1), which negotiation tries first."""
+    return request.query_params.getlist(ACCEPT_PARAMETER)
+
+
 def base_url(request: Request) -> str:
+    """The DICOMweb root for RetrieveURL and BulkDataURI: ``[server] public_url`` when set, else the
+    Host header's name with its port, or with the port this server listens on when the header has
+    none (a client that drops :8443 from Host must still get URLs that reach the archive)."""
     configured: str = request.app.state.public_url
-    root = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
-    return root + "/dicomweb"
+    if configured:
+        return configured.rstrip("/") + "/dicomweb"
+    url = request.url
+    host = url.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    server = request.scope.get("server")
+    port = url.port or (server[1] if server else None)
+    default = 443 if url.scheme == "https" else 80
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{url.scheme}://{netloc}{request.scope.get('root_path', '')}/dicomweb"
 
 
 def allow_study(request: Request, who: Principal, action: Action, study: str) -> None:
@@ -282,7 +299,9 @@ def _retrieve(
     request: Request, archive: Archive, who: Principal, study: str, series: str | None, sop: str | None
 ) -> Response:
     allow_study(request, who, Action.STUDY_READ, study)
-    choice = negotiate_dicom(request.headers.get("accept"), single_instance=sop is not None)
+    choice = negotiate_dicom(
+        request.headers.get("accept"), single_instance=sop is not None, query=accept_query(request)
+    )
     records = archive.instances(study, series, sop)
     if choice.transfer_syntax not in (ANY_SYNTAX, EXPLICIT_VR_LE):
         if {r.transfer_syntax for r in records} != {choice.transfer_syntax}:
@@ -438,7 +457,9 @@ def retrieve_frames(
     record = archive.instances(study, series, sop)[0]
     if not record.frames:
         raise NotFound("the instance has no pixel data frames")
-    choice = negotiate_frames(request.headers.get("accept"), record.transfer_syntax)
+    choice = negotiate_frames(
+        request.headers.get("accept"), record.transfer_syntax, query=accept_query(request)
+    )
     for n in numbers:
         if n > len(record.frames):
             raise NotFound(f"frame {n} does not exist (the instance has {len(record.frames)})")
@@ -533,7 +554,7 @@ def _render(
     quality: int,
     default_viewport: tuple[int, int] | None = None,
 ) -> Response:
-    media_type = negotiate_rendered(request.headers.get("accept"))
+    media_type = negotiate_rendered(request.headers.get("accept"), query=accept_query(request))
     if not record.frames:
         raise NotAcceptable("the instance has no pixel data to render")
     raw = archive.read_frames(record, [frame])[0]

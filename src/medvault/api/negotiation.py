@@ -1,13 +1,21 @@
-"""Content negotiation for WADO-RS (PS3.18 §8.7): which representation a client gets."""
+"""Content negotiation for WADO-RS (PS3.18 §8.7): which representation a client gets.
+
+Each ``negotiate_*`` takes the Accept header field and the values of the ``accept`` query
+parameter (PS3.18 §8.3.3.1: media types, comma-separated, each with an optional q weight, no
+wildcards; meant for links where no header can be set, as viewers use for thumbnails). Per
+§8.7.8.1 the query parameter's media types are tried first, in their priority order; only when
+none of them is supported do the header's media ranges decide (and a wildcard there, the default).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydicom.uid import UID
 
 from medvault.dicom.multipart import MediaType, split_accept
-from medvault.errors import NotAcceptable
+from medvault.errors import InvalidInput, NotAcceptable
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 ANY_SYNTAX = "*"
@@ -29,8 +37,19 @@ _FRAME_MEDIA: dict[str, str] = {
 }
 
 
-def _accepted(accept: str | None) -> list[MediaType]:
-    return split_accept(accept) if accept and accept.strip() else [MediaType("*/*")]
+#: The name of the Accept Query Parameter (PS3.18 §8.3.3.1, case-sensitive).
+ACCEPT_PARAMETER = "accept"
+
+
+def _accepted(accept: str | None, query: Sequence[str] = ()) -> list[MediaType]:
+    """The media types to try, in order (PS3.18 §8.7.8.1): the Accept Query Parameter's, then the
+    Accept header field's (absent or empty: ``*/*``)."""
+    # Several parameters count as one list, prioritized as one (q weights, then order).
+    from_query = split_accept(",".join(query)) if query else []
+    if any("*" in media.type for media in from_query):
+        raise InvalidInput("the accept query parameter takes media types without wildcards (PS3.18 §8.3.3.1)")
+    header = split_accept(accept) if accept and accept.strip() else [MediaType("*/*")]
+    return from_query + header
 
 
 @dataclass(frozen=True)
@@ -39,8 +58,8 @@ class DicomChoice:
     single_part: bool  # Accept: application/dicom on an instance
 
 
-def negotiate_dicom(accept: str | None, *, single_instance: bool) -> DicomChoice:
-    for media in _accepted(accept):
+def negotiate_dicom(accept: str | None, *, single_instance: bool, query: Sequence[str] = ()) -> DicomChoice:
+    for media in _accepted(accept, query):
         ts = media.params.get("transfer-syntax", EXPLICIT_VR_LE)
         if media.type in ("*/*", "multipart/*"):
             return DicomChoice(ANY_SYNTAX if media.type == "*/*" else ts, single_part=False)
@@ -61,10 +80,10 @@ class FrameChoice:
     media_type: str  # of each part
 
 
-def negotiate_frames(accept: str | None, stored_syntax: str) -> FrameChoice:
+def negotiate_frames(accept: str | None, stored_syntax: str, *, query: Sequence[str] = ()) -> FrameChoice:
     stored_compressed = UID(stored_syntax).is_compressed
     stored_media = _FRAME_MEDIA.get(stored_syntax, "application/octet-stream")
-    for media in _accepted(accept):
+    for media in _accepted(accept, query):
         if media.type in ("*/*", "multipart/*"):
             return (
                 FrameChoice(True, stored_media)
@@ -96,8 +115,8 @@ def negotiate_frames(accept: str | None, stored_syntax: str) -> FrameChoice:
     )
 
 
-def negotiate_rendered(accept: str | None) -> str:
-    for media in _accepted(accept):
+def negotiate_rendered(accept: str | None, *, query: Sequence[str] = ()) -> str:
+    for media in _accepted(accept, query):
         if media.type in ("*/*", "image/*", "image/jpeg"):
             return "image/jpeg"
         if media.type == "image/png":

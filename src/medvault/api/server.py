@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from medvault.api.app import create_app
+from medvault.api.health import Listeners
 from medvault.config import load_settings
 from medvault.crypto.keyring import KeyringFile
 from medvault.errors import ConfigError, MedvaultError
@@ -66,7 +67,7 @@ def setup_logging(root: Path) -> None:
     audit_logger.propagate = False
 
 
-def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
+def _uvicorn_config(opened: OpenHome, listeners: Listeners) -> uvicorn.Config:
     settings = opened.settings
     application = create_app(
         opened.archive,
@@ -81,6 +82,7 @@ def _uvicorn_config(opened: OpenHome) -> uvicorn.Config:
     from medvault.export import ExportSource
 
     application.state.export_source = ExportSource.of(opened)
+    application.state.listeners = listeners  # what /healthz reports
     # proxy_headers off: X-Forwarded-For must not let a client choose the address that lockout,
     # the ledger and the audit trail record.
     common: dict[str, Any] = {
@@ -195,7 +197,7 @@ def _checkpointer(opened: OpenHome) -> threading.Event:
     return stop
 
 
-def _worker(root: Path, keyring: KeyringFile, sock: socket.socket) -> None:
+def _worker(root: Path, keyring: KeyringFile, sock: socket.socket, listeners: Listeners) -> None:
     setup_logging(root)
     opened = open_home(root, keyring)
     _publish_outbox(opened)  # a worker restarted after a crash: the dead one's events
@@ -205,7 +207,7 @@ def _worker(root: Path, keyring: KeyringFile, sock: socket.socket) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     try:
-        uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
+        uvicorn.Server(_uvicorn_config(opened, listeners)).run(sockets=[sock])
     finally:
         stop.set()
         opened.close()
@@ -288,18 +290,20 @@ def _monitor_worker(root: Path, keyring: KeyringFile) -> None:
         opened.close()
 
 
-def _dimse_worker(root: Path, keyring: KeyringFile) -> None:
+def _dimse_worker(root: Path, keyring: KeyringFile, listeners: Listeners) -> None:
     """A process of its own for the DIMSE listener, next to the HTTP workers."""
     setup_logging(root)
     opened = open_home(root, keyring)
     _publish_outbox(opened)
     server = _start_dimse(opened)
+    listeners.set("dimse", "up" if server is not None else "off")  # bound and listening: accepts
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         stop.wait()
     finally:
+        listeners.set("dimse", "down")
         if server is not None:
             server.shutdown()
         opened.close()
@@ -402,13 +406,16 @@ def serve(
     if on_listening is not None:
         on_listening()
     keep_freed_memory()  # before forking: the workers inherit it
+    listeners = Listeners()  # shared with the workers forked below
+    listeners.set("dimse", "down" if settings.dimse.enabled else "off")
     if workers <= 1:
         opened = open_home(root, keyring)
         dimse = _start_dimse(opened)
+        listeners.set("dimse", "up" if dimse is not None else "off")
         monitor = _start_monitor(opened)
         checkpoints = _checkpointer(opened)
         try:
-            uvicorn.Server(_uvicorn_config(opened)).run(sockets=[sock])
+            uvicorn.Server(_uvicorn_config(opened, listeners)).run(sockets=[sock])
         finally:
             checkpoints.set()
             _stop_monitor(monitor)
@@ -429,12 +436,12 @@ def serve(
             try:
                 if role == "dimse":
                     sock.close()
-                    _dimse_worker(root, keyring)
+                    _dimse_worker(root, keyring, listeners)
                 elif role == "monitor":
                     sock.close()
                     _monitor_worker(root, keyring)
                 else:
-                    _worker(root, keyring, sock)
+                    _worker(root, keyring, sock, listeners)
             except BaseException as exc:  # the child must never return into the parent's code
                 code = 1
                 log.error("%s worker %d stopped: %s", role, os.getpid(), _describe(exc))
@@ -474,6 +481,8 @@ def serve(
         if entry is None or stopping:
             continue
         started, role = entry
+        if role == "dimse":
+            listeners.set("dimse", "down")  # until its successor listens
         # A worker that dies at once waits longer each time (1, 2, 4 ... 60 s) instead of spinning.
         quick = time.monotonic() - started < _QUICK_DEATH_SECONDS
         quick_deaths[role] = quick_deaths.get(role, 0) + 1 if quick else 0

@@ -20,6 +20,9 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import typer
 from rich.markup import escape
 
@@ -41,13 +44,21 @@ from medvault.cli import (
 from medvault.cli._common import err
 from medvault.errors import MedvaultError
 
-__all__ = ["app", "main"]
+__all__ = ["HELP_WIDTH", "app", "main"]
+
+#: Help is wrapped to the terminal, up to this many columns (click's default stops at 80).
+HELP_WIDTH = 120
 
 app = typer.Typer(
     name="medvault",
     help="A secure archive for medical images: DICOMweb over HTTPS, everything encrypted at rest.",
     no_args_is_help=True,
     add_completion=False,
+    # Click's plain help, for every group and command below: it rewraps each paragraph to the
+    # terminal, shows no "<bool>" for flags (typer's rich panels do, with click 8.2+ and typer's own
+    # fork alike) and reads "[server] port" as text, not as a markup tag that vanishes.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": HELP_WIDTH},
 )
 app.command()(home.init)
 app.command()(home.serve)
@@ -67,6 +78,36 @@ app.add_typer(report.app, name="report")
 app.add_typer(tls.app, name="tls")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")
+
+
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, on one line."""
+    paragraph = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    return paragraph[: end.end()] if end else paragraph
+
+
+def _whole_summaries(group: typer.Typer) -> None:
+    """A command listing shows each command's whole first sentence, wrapped (click would cut it at
+    the terminal's width with "..."), for every command group, also those added later."""
+    for command in group.registered_commands:
+        if command.short_help is None and command.callback is not None:
+            command.short_help = first_sentence(inspect.getdoc(command.callback) or "")
+    for sub in group.registered_groups:
+        if sub.typer_instance is None:
+            continue
+        # A group's help as typer resolves it: add_typer(help=...), else the sub-app's own.
+        texts = (sub.help, sub.typer_instance.info.help)
+        text = next((t for t in texts if isinstance(t, str) and t), None)
+        if text is not None and not isinstance(sub.short_help, str):
+            sub.short_help = first_sentence(text)
+        _whole_summaries(sub.typer_instance)
+
+
+_whole_summaries(app)
 
 
 def main() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import socket
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +24,9 @@ from medvault.cli._common import (
     show_new_user,
 )
 from medvault.cli.importing import import_files
-from medvault.config import load_settings
-from medvault.home import init_home, open_home
+from medvault.config import DimseSettings, load_settings, write_setting
+from medvault.errors import ConfigError
+from medvault.home import OpenHome, init_home, open_home
 
 
 def init(
@@ -89,9 +93,58 @@ def serve(
 # -- quickstart ------------------------------------------------------------------------------------
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether host:port can be bound now (as `serve` will bind it, SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _check_ports(listeners: list[tuple[str, str, int, str]]) -> None:
+    """Refuse, before anything is created or printed, to start where a port is taken."""
+    taken = [entry for entry in listeners if not _port_free(entry[1], entry[2])]
+    if taken:
+        raise ConfigError(
+            "; ".join(f"the {what} port {host}:{port} is in use" for what, host, port, _ in taken),
+            hint="Stop the other process, or choose "
+            + " and ".join(f"another with {option} N" for *_, option in taken)
+            + " (nothing was changed).",
+        )
+
+
+QUICKSTART_KEY_PREFIX = "quickstart-"
+
+
+def _fresh_demo_key(opened: OpenHome) -> tuple[str, list[str]]:
+    """A new one-day archivist key for this run; the keys of earlier runs are revoked (and named),
+    so re-runs do not pile up live keys."""
+    revoked = []
+    for info in opened.api_keys.list():
+        if info.name.startswith(QUICKSTART_KEY_PREFIX) and info.revoked_at is None:
+            opened.api_keys.revoke(info.name)
+            revoked.append(info.name)
+    key = opened.api_keys.create(
+        f"{QUICKSTART_KEY_PREFIX}{secrets.token_hex(3)}", role="archivist", expires_days=1
+    )
+    return key, revoked
+
+
 def quickstart(
     home: Annotated[Path, typer.Option("--home", help="Demo home folder.")] = Path("medvault-demo"),
-    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTPS port.")] = 8443,
+    dimse_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="DICOM TLS port (default: the demo's [dimse] port, 2762); kept for re-runs.",
+        ),
+    ] = None,
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Start the server afterwards.")
     ] = True,
@@ -101,28 +154,38 @@ def quickstart(
 
     The demo keeps its generated passphrase in HOME.passphrase beside the home folder (mode 0600)
     so it can be run again; a real deployment uses `medvault init` and keeps the passphrase elsewhere.
+    Each run prints a new one-day API key and revokes the one of the run before.
     """
     from medvault.sample import generate_study
 
     passphrase_path = home.with_name(home.name + ".passphrase")
-    if not (home / "keyring.sealed").exists():
+    exists = (home / "keyring.sealed").exists()
+    dimse = load_settings(home).dimse if exists else DimseSettings()
+    if serve_after:
+        listeners = [("HTTPS", "127.0.0.1", port, "--port")]
+        if dimse.enabled:
+            listeners.append(("DIMSE", dimse.host, dimse_port or dimse.port, "--dimse-port"))
+        _check_ports(listeners)
+    if not exists:
         passphrase = secrets.token_urlsafe(24)
         fd = os.open(passphrase_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(passphrase + "\n")
         created = init_home(home, passphrase)
+        where = ["--home", str(home), "--passphrase-file", str(passphrase_path)]
+        reset_mfa = shlex.join(["medvault", "users", "reset-mfa", "admin", *where])
         err.print(f"Created demo home {home}; its passphrase is in {passphrase_path} (demo only).")
-        err.print(
-            f"Administrator 'admin', one-time password: {created.password} (TOTP: `medvault users reset-mfa`)"
-        )
+        err.print(f"Administrator 'admin', one-time password: {created.password}", highlight=False)
+        err.print(f"  its TOTP enrolment: {reset_mfa}", highlight=False, soft_wrap=True)
+    if dimse_port is not None and dimse_port != dimse.port:
+        write_setting(home, "dimse", "port", dimse_port)
     passphrase = passphrase_path.read_text(encoding="utf-8").strip()
     opened = open_home(home, passphrase)
     try:
-        sample_dir = home / "sample-input"
-        if not sample_dir.exists():
-            sample_dir.mkdir(mode=0o700)
-            generate_study(
-                sample_dir,
+        # The sample's UIDs depend only on the seed: a re-run finds the same study already present.
+        with tempfile.TemporaryDirectory(dir=home, prefix="sample-") as sample_dir:
+            files = generate_study(
+                Path(sample_dir),
                 seed=7,
                 series=1,
                 instances=8,
@@ -131,18 +194,18 @@ def quickstart(
                 patient_name="DEMO^PATIENT",
                 patient_id="DEMO-0001",
             )
-        files = sorted(sample_dir.glob("**/*.dcm"))
-        summary = import_files(opened.archive, files, show_progress=False)
-        for f in files:
-            f.unlink()
-        key_name = f"quickstart-{secrets.token_hex(3)}"
-        key = opened.api_keys.create(key_name, role="archivist", expires_days=1)
+            summary = import_files(opened.archive, files, show_progress=False)
+        key, revoked = _fresh_demo_key(opened)
         ca = (home / "tls" / "ca.crt").resolve()
         url = f"https://127.0.0.1:{port}/dicomweb"
         out.print(f"Sample study: {summary.stored} stored, {summary.already_present} already present.")
         out.print(f"DICOMweb URL : {url}")
+        if dimse.enabled:
+            out.print(f"DICOM TLS    : {dimse.host}:{dimse_port or dimse.port}, AE title {dimse.ae_title}")
         out.print(f"CA to trust  : {ca}")
         out.print(f"API key      : {key}  (archivist: read, store, delete; expires in 1 day)")
+        if revoked:
+            out.print(f"               (revoked the key of the previous run: {', '.join(revoked)})")
         out.print("Try:", style="bold")
         print(f"  curl --cacert {ca} -H 'Authorization: Bearer {key}' '{url}/studies?PatientID=DEMO-0001'")
     finally:

@@ -31,6 +31,27 @@ class ImportSummary:
     stored: int = 0
     already_present: int = 0
     refused: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # not DICOM instances (README, JSON, DICOMDIR…)
+
+
+#: Names a damaged DICOM file usually has: such a file is an error, never skipped as "not DICOM".
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+_PREAMBLE = 128
+#: (0002,0002) MediaStorageSOPClassUID = Media Storage Directory Storage (PS3.10 §8.6): a DICOMDIR.
+_DICOMDIR_CLASS = b"\x02\x00\x02\x00UI\x14\x001.2.840.10008.1.3.10"
+
+
+def is_other_file(path: Path) -> bool:
+    """A file of a real folder that is not a DICOM instance (README, manifest.json, thumbnails, a
+    DICOMDIR index): skipped and counted. A damaged DICOM file — one with the DICM prefix, a
+    DICOM name, or a bare data set starting with group 0002/0008 — is not skipped but refused."""
+    with path.open("rb") as fh:
+        head = fh.read(1024)
+    if head[_PREAMBLE : _PREAMBLE + 4] == b"DICM":
+        return path.name.upper() == "DICOMDIR" or _DICOMDIR_CLASS in head
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return False
+    return head[:2] not in (b"\x02\x00", b"\x08\x00")
 
 
 def dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -46,8 +67,13 @@ def dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
 def import_files(
     archive: Archive, files: list[Path], *, workers: int = 2, batch: int = 16, show_progress: bool = True
 ) -> ImportSummary:
-    """Store files in parallel batches; idempotent (already stored files are counted, not redone)."""
+    """Store files in parallel batches; idempotent (already stored files are counted, not redone).
+    Files that are not DICOM instances are skipped and counted."""
     summary = ImportSummary()
+    summary.skipped = [str(p) for p in files if is_other_file(p)]
+    if summary.skipped:
+        skipped = set(summary.skipped)
+        files = [p for p in files if str(p) not in skipped]
     batches = [files[i : i + batch] for i in range(0, len(files), batch)]
 
     def store(chunk: list[Path]) -> list[tuple[Path, StoreOutcome]]:
@@ -81,7 +107,11 @@ def import_command(
     passphrase_file: PassphraseFile = None,
     workers: Annotated[int, typer.Option(min=1, max=32, help="Parallel workers.")] = 2,
 ) -> None:
-    """Import DICOM files into the archive (encrypting each); safe to run again."""
+    """Import DICOM files into the archive (encrypting each); safe to run again.
+
+    Files that are not DICOM instances (README, JSON, images, DICOMDIR) are skipped and counted;
+    damaged DICOM files are refused and make the exit status 2.
+    """
     opened = open_for_cli(home, passphrase_file)
     try:
         files = list(dicom_files(paths))
@@ -94,7 +124,12 @@ def import_command(
     table.add_row("stored", str(summary.stored))
     table.add_row("already present", str(summary.already_present))
     table.add_row("refused", str(len(summary.refused)))
+    table.add_row("skipped (not DICOM)", str(len(summary.skipped)))
     out.print(table)
+    if summary.skipped:
+        names = sorted({Path(p).name for p in summary.skipped})
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        out.print(f"  skipped: {escape(', '.join(names[:5]))}{more}", highlight=False, soft_wrap=True)
     for path, reason in summary.refused:
         out.print(f"  refused {escape(str(path))}: {escape(reason)}", highlight=False, soft_wrap=True)
     if summary.refused:

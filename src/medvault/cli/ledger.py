@@ -106,7 +106,7 @@ def ledger_export(
         ) as progress:
             task = progress.add_task("export", total=total)
             result = export_ledger(
-                opened,
+                opened.ledger,
                 fmt="atna" if fmt == "atna" else "jsonl",
                 destination=to,
                 since_index=since_index,

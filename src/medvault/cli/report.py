@@ -43,12 +43,14 @@ def report_disclosures(
             print(json.dumps(row.as_dict(), separators=(",", ":")))
         return
     table = Table(title=f"disclosures ({len(rows)})")
-    for column in ("time", "who", "how", "what", "study", "outcome", "why"):
-        table.add_column(column)
+    # The time stays whole on a narrow terminal (80 columns); the long values wrap instead.
+    table.add_column("time (UTC)", no_wrap=True, min_width=19)
+    for column in ("who", "how", "what", "study", "outcome", "why"):
+        table.add_column(column, overflow="fold")
     for r in rows:
         who = f"{r.actor} ({r.actor_kind}{', ' + r.address if r.address else ''})"
         table.add_row(
-            r.time[:19],
+            r.time[:19].replace("T", " "),
             who,
             r.auth or "",
             f"{r.kind} {r.action}",

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from medvault.api.admin import grant_kind, grant_value, referring_identity, roles_from
 from medvault.cli._common import (
     HomeOption,
     PassphraseFile,
+    err,
     open_for_cli,
     out,
     record_change,
@@ -21,6 +23,7 @@ from medvault.cli._common import (
     user_action,
 )
 from medvault.home import OpenHome
+from medvault.index.store import TAG_DEPARTMENT, TAG_PATIENT_ID
 from medvault.ledger.events import EventKind
 
 app = typer.Typer(help="People: accounts, roles, scopes, MFA, training.", no_args_is_help=True)
@@ -150,7 +153,20 @@ def users_grant(
             now=datetime.now(UTC),
             expires_at=expires,
         )
-        return f"granted {k} access to {name}"
+        until = f" until {expires:%Y-%m-%d %H:%M} UTC" if expires else ""
+        what = {"patient": "the patient with PatientID", "department": "department", "study": "study"}
+        target = "every study (site)" if k == "site" else f"{what[k]} {value!r}"
+        recorded = {
+            "patient": (TAG_PATIENT_ID, "PatientID"),
+            "department": (TAG_DEPARTMENT, "InstitutionalDepartmentName"),
+        }
+        if k in recorded and o.archive.index.studies_recording(recorded[k][0], value) == 0:
+            err.print(
+                f"[bold yellow]warning[/]: no stored study records {recorded[k][1]} {escape(repr(value))} "
+                "(it must match exactly, case included); the grant applies to studies stored later.",
+                highlight=False,
+            )
+        return f"granted {name} access to {target}{until}"
 
     user_action(home, passphrase_file, act, (EventKind.GRANT_CHANGE, f"grant.add.{kind}", "user", name))
 

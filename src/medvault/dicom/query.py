@@ -10,7 +10,9 @@ from medvault.dicom.matching import Criterion, parse_criterion, resolve_attribut
 from medvault.errors import InvalidInput
 
 MAX_LIMIT = 10_000
-_CONTROL_PARAMS = {"includefield", "limit", "offset", "fuzzymatching"}
+# accept and charset (PS3.18 §8.3.3) negotiate the response, which QIDO-RS always gives as
+# application/dicom+json in UTF-8: they are taken and match nothing.
+_CONTROL_PARAMS = {"includefield", "limit", "offset", "fuzzymatching", "accept", "charset"}
 
 
 @dataclass(frozen=True)

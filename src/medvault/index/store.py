@@ -676,6 +676,14 @@ class Index:
         ReferringPhysicianName for a referring physician's identity."""
         return self._token(tag, value).hex()
 
+    def studies_recording(self, tag: str, value: str) -> int:
+        """How many stored studies record ``value`` of a study-level ``tag`` (by its token): a grant
+        that matches none is worth a warning (a typo, or studies that carry another spelling)."""
+        column = t.studies.c[t.STUDY_TOKEN_FIELDS[tag]]
+        query = select(func.count()).select_from(t.studies).where(column == self._token(tag, value))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def study_counts(self, study_ids: Sequence[int], *, conn: Any = None) -> dict[int, StudyCounts]:
         """Series and instance counts and modalities of each study (QIDO computed attributes)."""
         if not study_ids:

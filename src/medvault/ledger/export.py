@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from medvault.errors import InvalidInput, LedgerTampered, MedvaultError, StorageError
 from medvault.ledger.atna import audit_message
@@ -52,9 +52,6 @@ from medvault.ledger.syslog import (
     is_syslog_destination,
     parse_destination,
 )
-
-if TYPE_CHECKING:
-    from medvault.home import OpenHome
 
 __all__ = [
     "MSGID_ATNA",
@@ -253,7 +250,7 @@ def _describe(destination: str) -> str:
 
 
 def export_ledger(
-    opened: OpenHome,
+    ledger: Ledger,
     *,
     fmt: ExportFormat,
     destination: str,
@@ -266,7 +263,7 @@ def export_ledger(
     actor: Actor | None = None,
     timeout: float = 30.0,
 ) -> ExportResult:
-    """Export the home's ledger from ``since_index`` as ``fmt`` to ``destination`` (a file path,
+    """Export ``ledger`` from ``since_index`` as ``fmt`` to ``destination`` (a file path,
     ``-``, ``syslog+tls://HOST[:PORT]`` or ``syslog+tcp://HOST:PORT``); the ATNA AuditSourceID is
     the ledger's origin. ``ca_file`` verifies the collector (system CAs when ``None``);
     ``client_cert`` (with ``client_key``, or a PEM holding both) authenticates medvault to it.
@@ -274,8 +271,7 @@ def export_ledger(
     The export is ledgered (by ``actor``, default medvault) after it completes or fails; failures
     raise :class:`~medvault.errors.MedvaultError` subclasses (:class:`SyslogError` for the network).
     """
-    ledger = opened.ledger
-    origin = opened.settings.ledger.origin
+    origin = ledger.origin
     outcome, reason = Outcome.FAILURE, "the export did not complete"
     result = ExportResult(0, None, since_index)
     try:
