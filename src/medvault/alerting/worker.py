@@ -136,8 +136,8 @@ def _new_alert(scored: ScoredEvent, index: int, time_of: datetime) -> NewAlert:
 
 @dataclass
 class StepResult:
-    scored: int
-    alerts: int
+    scored: int  # monitor events scored
+    alerts: int  # alerts stored (not those a restarted worker found stored already)
 
 
 class MonitorWorker:
@@ -151,13 +151,17 @@ class MonitorWorker:
         settings: MonitorSettings,
         root: Path,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` stamps alerts and events; ``monotonic`` paces saves, heartbeats, directory
+        checks and delivery retries (both arguments so that tests move time instead of sleeping)."""
         self.ledger = ledger
         self.index = index
         self.alerts = alerts
         self.users = users
         self.settings = settings
         self.clock = clock
+        self.monotonic = monotonic
         rules = rules_from(settings.rules)
         self.responder = Responder(table=parse_responses(settings.responses), alerts=alerts, users=users)
         self.notifier = Notifier(settings, ledger.origin, root)
@@ -169,11 +173,11 @@ class MonitorWorker:
         else:
             self.monitor = OnlineMonitor.restore(snapshot, directory=directory)
             self.monitor.rules = rules
-        self._saved_at = time.monotonic()
+        self._saved_at = self.monotonic()
         self._beat_at = 0.0
         if snapshot is None:
             self.save()  # the state row exists from the start: heartbeats and the lag metric need it
-        self._directory_checked = time.monotonic()
+        self._directory_checked = self.monotonic()
         self._delivery: dict[int, tuple[int, float]] = {}  # alert id -> (failures, next attempt)
 
     # -- one step ----------------------------------------------------------------------------------
@@ -191,11 +195,11 @@ class MonitorWorker:
             scored, raised = scored + n, raised + a
             self.processed = stop
         now = self.clock()
-        if time.monotonic() - self._saved_at >= self.settings.snapshot_seconds:
+        if self.monotonic() - self._saved_at >= self.settings.snapshot_seconds:
             self.save()
-        elif scored or time.monotonic() - self._beat_at >= _BEAT_SECONDS:
+        elif scored or self.monotonic() - self._beat_at >= _BEAT_SECONDS:
             self.alerts.beat(self.processed, now=now)  # a write per second at most when idle
-            self._beat_at = time.monotonic()
+            self._beat_at = self.monotonic()
         self._respond(now)
         self._notify()
         return StepResult(scored, raised)
@@ -222,22 +226,23 @@ class MonitorWorker:
             pending.clear()
 
         for offset, leaf in enumerate(leaves):
+            # One entry the monitor cannot read (a RecursionError from deeply nested JSON, a field
+            # the mapping refuses) is skipped: otherwise every step would stop at it for good.
             try:
                 event = parse_event(leaf)
-            except MedvaultError:
+                resolution = event.kind is EventKind.ALERT and event.action == RESOLVE_ACTION
+                mapped = None if resolution else from_ledger(event, index=first + offset)
+            except (MedvaultError, RecursionError, ValueError, TypeError, KeyError):
                 log.error("ledger entry %d cannot be read by the monitor; skipped", first + offset)
                 continue
-            if event.kind is EventKind.ALERT and event.action == RESOLVE_ACTION:
+            if resolution:
                 flush()  # everything before the resolution is scored without it
                 self._apply_resolution(event)
                 continue
-            mapped = from_ledger(event, index=first + offset)
             if mapped is not None:
                 pending.append((mapped, first + offset, event.time))
         flush()
-        if items:
-            self._store(items)
-        return scored, len(items)
+        return scored, self._store(items) if items else 0
 
     def _apply_resolution(self, event: AuditEvent) -> None:
         details = dict(event.details)
@@ -252,11 +257,12 @@ class MonitorWorker:
             patient_id=event.patient,
         )
 
-    def _store(self, items: list[tuple[NewAlert, bytes]]) -> None:
-        _, outbox = self.alerts.add_alerts(
+    def _store(self, items: list[tuple[NewAlert, bytes]]) -> int:
+        new, outbox = self.alerts.add_alerts(
             items, now=self.clock(), owner=process_tag(), after_size=self.ledger.size
         )
         publish(self.ledger, self.index, outbox)
+        return len(new)
 
     def _respond(self, now: datetime) -> None:
         for alert in self.alerts.unfinished("responded"):
@@ -268,7 +274,7 @@ class MonitorWorker:
     def _notify(self) -> None:
         if not self.notifier.configured:
             return
-        clock = time.monotonic()
+        clock = self.monotonic()
         for alert in self.alerts.unfinished("notified"):
             failures, when = self._delivery.get(alert.id, (0, 0.0))
             if clock < when:
@@ -280,9 +286,9 @@ class MonitorWorker:
                 self._delivery[alert.id] = (failures + 1, next_attempt(failures + 1, clock))
 
     def _refresh_directory(self) -> None:
-        if time.monotonic() - self._directory_checked < _DIRECTORY_CHECK_SECONDS:
+        if self.monotonic() - self._directory_checked < _DIRECTORY_CHECK_SECONDS:
             return
-        self._directory_checked = time.monotonic()
+        self._directory_checked = self.monotonic()
         directory, stamp = effective_directory(self.alerts, self.users)
         if stamp != self._directory_stamp:
             self._directory_stamp = stamp
@@ -290,7 +296,7 @@ class MonitorWorker:
 
     def save(self) -> None:
         self.alerts.save_state(self.processed, self.monitor.snapshot(), now=self.clock())
-        self._saved_at = time.monotonic()
+        self._saved_at = self.monotonic()
 
     # -- running -----------------------------------------------------------------------------------
 
