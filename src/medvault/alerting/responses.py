@@ -78,6 +78,12 @@ def _applies(response: Response, subject: str) -> bool:
     return (response == "suspend_key" and kind == "apikey") or (response == "suspend_node" and kind == "node")
 
 
+def _account(subject: str) -> str:
+    """The account a user subject names. The ledger keeps a sign-in's name as typed, the user
+    store folds it (users.authenticate_password): " Dr-X" is dr-x's sign-in, so dr-x is held."""
+    return subject.strip().casefold()[:64] if subject_kind(subject) == "user" else subject
+
+
 @dataclass(frozen=True)
 class Applied:
     response: str
@@ -105,7 +111,7 @@ class Responder:
         return done
 
     def _apply(self, response: Response, alert: AlertRecord, now: datetime) -> Applied:
-        subject = alert.subject
+        subject = _account(alert.subject)
         if response in ("end_sessions", "step_up", "lock_account"):
             try:
                 self.users.revoke_tokens(subject, now=now)

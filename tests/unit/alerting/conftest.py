@@ -76,7 +76,12 @@ def worker_for(opened: OpenHome, clock: Clock | None = None, **settings: Any) ->
 def failed_login(
     name: str, *, at: datetime, address: str = "10.20.30.40", kind: ActorKind = ActorKind.USER
 ) -> AuditEvent:
-    """A refused sign-in as api/account.py::_login_event ledgers it (nodes: a refused association)."""
+    """A refused sign-in as api/account.py::_login_event ledgers it (nodes: a refused association).
+    ``name`` as the monitor names subjects: ``apikey:NAME`` and ``node:NAME`` for those kinds."""
+    if kind is not ActorKind.USER:
+        prefix = f"{kind.value}:"
+        assert name.startswith(prefix), name
+        name = name.removeprefix(prefix)
     if kind is ActorKind.NODE:
         return AuditEvent(
             kind=EventKind.ASSOCIATION,
