@@ -86,10 +86,22 @@ class Notifier:
     def check(self) -> None:
         """Refuse a configuration that cannot work, before serving."""
         if self.settings.syslog:
-            parse_destination(self.settings.syslog)
+            try:
+                parse_destination(self.settings.syslog)
+            except MedvaultError as exc:
+                raise ConfigError(f"[monitor] syslog: {exc.message}", hint=exc.hint or None) from None
+        for name in ("syslog_ca", "webhook_ca"):
+            ca = self._path(getattr(self.settings, name))
+            if ca is not None and not ca.is_file():  # else every delivery fails, retried for ever
+                raise ConfigError(f"[monitor] {name}: {ca} does not exist")
         if self.settings.webhook_url:
-            if not self.settings.webhook_url.startswith("https://"):
-                raise ConfigError("[monitor] webhook_url must be an https:// URL")
+            url = self.settings.webhook_url
+            try:
+                host = httpx.URL(url).host
+            except httpx.InvalidURL:
+                host = ""
+            if not url.startswith("https://") or not host:
+                raise ConfigError("[monitor] webhook_url must be an https:// URL with a host")
             if not self.settings.webhook_secret_env or not os.environ.get(self.settings.webhook_secret_env):
                 raise ConfigError(
                     "[monitor] webhook_url needs a secret: set webhook_secret_env to the name of an "

@@ -44,6 +44,8 @@ def parse_responses(entries: Sequence[str]) -> dict[str, tuple[Response, ...]]:
                 f"[monitor] responses: {entry!r} must be SEVERITY=RESPONSE,…",
                 hint="Severities: medium, high, critical. Responses: " + ", ".join(RESPONSES) + ".",
             )
+        if severity in table:
+            raise ConfigError(f"[monitor] responses: {severity} is given twice; list its responses once")
         chosen = [n.strip() for n in names.split(",") if n.strip()]
         unknown = [n for n in chosen if n not in RESPONSES]
         if unknown:

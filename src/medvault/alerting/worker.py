@@ -18,6 +18,7 @@ are flags on the alert, retried until done.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,11 +69,21 @@ def rules_from(entries: Sequence[str]) -> Rules:
                 f"[monitor] rules: {entry!r} is not NAME=VALUE of a known setting",
                 hint="The settings and their defaults are listed in docs/monitoring.md.",
             )
+        if isinstance(defaults[name], list):  # researcher_roles=researcher,data-scientist
+            changes[name] = [r.strip() for r in value.split(",") if r.strip()]
+            continue
         try:
             number = float(value)
         except ValueError:
             raise ConfigError(f"[monitor] rules: {name} must be a number") from None
-        changes[name] = int(number) if isinstance(defaults[name], int) else number
+        if not math.isfinite(number):  # a NaN weight or half-life silently ends every alert
+            raise ConfigError(f"[monitor] rules: {name} must be a finite number")
+        if isinstance(defaults[name], int):
+            if not number.is_integer():
+                raise ConfigError(f"[monitor] rules: {name} must be a whole number")
+            changes[name] = int(number)
+        else:
+            changes[name] = number
     try:
         return Rules.from_json({**defaults, **changes})
     except MedvaultError as exc:
