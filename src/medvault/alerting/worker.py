@@ -12,7 +12,8 @@ Restarts: the monitor's state is saved with the ledger position it covers (every
 ``[monitor] snapshot_seconds`` and at stop). A worker that died resumes from the last save and
 scores the entries after it again; scores are causal, so they come out the same, and an alert is
 stored once per source entry, so nothing is lost or raised twice. Responses and notifications
-are flags on the alert, retried until done.
+are flags on the alert, retried until done (a notification channel that took an alert is not
+sent it again by this worker; after a restart, an alert not yet marked notified is sent again).
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ class MonitorWorker:
         if snapshot is None:
             self.save()  # the state row exists from the start: heartbeats and the lag metric need it
         self._directory_checked = self.monotonic()
-        self._delivery: dict[int, tuple[int, float]] = {}  # alert id -> (failures, next attempt)
+        # alert id -> (failures, next attempt, the channels still to take it)
+        self._delivery: dict[int, tuple[int, float, frozenset[str] | None]] = {}
+        self._channel_retry: dict[str, tuple[int, float]] = {}  # channel -> (failures, next attempt)
 
     # -- one step ----------------------------------------------------------------------------------
 
@@ -287,14 +290,29 @@ class MonitorWorker:
             return
         clock = self.monotonic()
         for alert in self.alerts.unfinished("notified"):
-            failures, when = self._delivery.get(alert.id, (0, 0.0))
+            failures, when, left = self._delivery.get(alert.id, (0, 0.0, None))
             if clock < when:
                 continue
-            if self.notifier.deliver(alert):
+            pending = self.notifier.channels if left is None else left
+            # A channel that just failed waits out its own back-off: a hanging collector must not
+            # cost a timeout per alert per step (the scoring of the next events waits on this loop).
+            usable = frozenset(c for c in pending if clock >= self._channel_retry.get(c, (0, 0.0))[1])
+            if not usable:
+                continue
+            failed = self.notifier.deliver(alert, channels=usable)
+            for channel in usable - failed:
+                self._channel_retry.pop(channel, None)
+            for channel in failed:
+                n = self._channel_retry.get(channel, (0, 0.0))[0] + 1
+                self._channel_retry[channel] = (n, next_attempt(n, clock))
+            still = (pending - usable) | failed
+            if not still:
                 self.alerts.mark(alert.id, "notified")
                 self._delivery.pop(alert.id, None)
+            elif failed:
+                self._delivery[alert.id] = (failures + 1, next_attempt(failures + 1, clock), still)
             else:
-                self._delivery[alert.id] = (failures + 1, next_attempt(failures + 1, clock))
+                self._delivery[alert.id] = (failures, when, still)
 
     def _refresh_directory(self) -> None:
         if self.monotonic() - self._directory_checked < _DIRECTORY_CHECK_SECONDS:

@@ -41,8 +41,8 @@ class Clock:
         self.mono += seconds
 
 
-@pytest.fixture
-def opened(tmp_path: Path) -> Iterator[OpenHome]:
+def opened_home(tmp_path: Path) -> Iterator[OpenHome]:
+    """A new home, opened (the ``opened`` fixture; other test packages make it theirs too)."""
     make_home(tmp_path / "home")
     home = open_home(tmp_path / "home", PASSPHRASE)
     try:
@@ -51,9 +51,8 @@ def opened(tmp_path: Path) -> Iterator[OpenHome]:
         home.close()
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+opened = pytest.fixture(opened_home, name="opened")
+clock = pytest.fixture(lambda: Clock(), name="clock")
 
 
 def worker_for(opened: OpenHome, clock: Clock | None = None, **settings: Any) -> MonitorWorker:
