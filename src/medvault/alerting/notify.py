@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from medvault.alerting.responses import ledger_subject
 from medvault.config import MonitorSettings
 from medvault.crypto.tls import client_ssl_context
 from medvault.errors import ConfigError, MedvaultError
@@ -69,7 +70,7 @@ def _as_event(alert: AlertRecord) -> AuditEvent:
         reason="; ".join(alert.reasons)[:2000] or None,
         details={
             "alert_id": alert.id,
-            "subject": alert.subject[:500],
+            "subject": ledger_subject(alert.subject)[:500],
             "severity": alert.severity,
             "score_milli": round(alert.score * 1000),
             "ledger_index": alert.source_index,

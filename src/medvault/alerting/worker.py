@@ -18,6 +18,7 @@ sent it again by this worker; after a restart, an alert not yet marked notified 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -30,7 +31,13 @@ from typing import Any
 
 from medvault.alerting.directory import effective_directory
 from medvault.alerting.notify import Notifier, next_attempt
-from medvault.alerting.responses import Responder, parse_responses, response_event
+from medvault.alerting.responses import (
+    Responder,
+    ledger_subject,
+    parse_responses,
+    response_event,
+    subject_from_ledger,
+)
 from medvault.audit import publish
 from medvault.config import MonitorSettings
 from medvault.errors import ConfigError, MedvaultError
@@ -119,7 +126,7 @@ def resolve_event(alert: AlertRecord, *, disposition: str, actor: Any, now: date
         patient=alert.patient,
         details={
             "disposition": disposition,
-            "subject": alert.subject[:500],
+            "subject": ledger_subject(alert.subject)[:500],
             "points": encode_points(alert.points)[:2000],
             "ledger_index": alert.source_index,
         },
@@ -174,30 +181,49 @@ class MonitorWorker:
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
-        rules = rules_from(settings.rules)
+        self._rules = rules_from(settings.rules)
         self.responder = Responder(table=parse_responses(settings.responses), alerts=alerts, users=users)
         self.notifier = Notifier(settings, ledger.origin, root)
         self.notifier.check()
-        directory, self._directory_stamp = effective_directory(alerts, users)
-        self.processed, snapshot = alerts.load_state()
-        if snapshot is None:
-            self.monitor = OnlineMonitor(directory=directory, rules=rules, late="clamp")
-        else:
-            self.monitor = OnlineMonitor.restore(snapshot, directory=directory)
-            self.monitor.rules = rules
+        self._stale = False  # a step failed part-way: the monitor may have learned events twice
+        first = self._load()
         self._saved_at = self.monotonic()
         self._beat_at = 0.0
-        if snapshot is None:
+        if first:
             self.save()  # the state row exists from the start: heartbeats and the lag metric need it
         self._directory_checked = self.monotonic()
         # alert id -> (failures, next attempt, the channels still to take it)
         self._delivery: dict[int, tuple[int, float, frozenset[str] | None]] = {}
         self._channel_retry: dict[str, tuple[int, float]] = {}  # channel -> (failures, next attempt)
 
+    def _load(self) -> bool:
+        """The monitor and its ledger position as last saved (a new one the first time: True)."""
+        directory, self._directory_stamp = effective_directory(self.alerts, self.users)
+        self.processed, snapshot = self.alerts.load_state()
+        if snapshot is None:
+            self.monitor = OnlineMonitor(directory=directory, rules=self._rules, late="clamp")
+        else:
+            self.monitor = OnlineMonitor.restore(snapshot, directory=directory)
+            self.monitor.rules = self._rules
+        return snapshot is None
+
     # -- one step ----------------------------------------------------------------------------------
 
     def step(self) -> StepResult:
-        """Score what the ledger accepted since the last step; respond and notify."""
+        """Score what the ledger accepted since the last step; respond and notify. A step that
+        fails part-way (the index busy, the ledger unreadable) may leave the monitor having
+        learned events it will read again: the next step starts over from the last saved state,
+        as a restarted worker does, so nothing is counted twice."""
+        if self._stale:
+            self._load()
+            self._stale = False
+        try:
+            return self._step()
+        except BaseException:
+            self._stale = True
+            raise
+
+    def _step(self) -> StepResult:
         self._refresh_directory()
         self.ledger.flush()  # read events queued by this process's own ledger
         size = self.ledger.size
@@ -234,8 +260,9 @@ class MonitorWorker:
                 if result:
                     event = batch.event(i)
                     _, index, when = pending[i]
+                    ledgered = dataclasses.replace(event, user=ledger_subject(event.user))
                     items.append(
-                        (_new_alert(event, index, when), canonical_bytes(alert_event(event, time=now)))
+                        (_new_alert(event, index, when), canonical_bytes(alert_event(ledgered, time=now)))
                     )
             pending.clear()
 
@@ -265,7 +292,7 @@ class MonitorWorker:
         except ValueError:
             return
         self.monitor.resolve(
-            user=str(details.get("subject", "")),
+            user=subject_from_ledger(str(details.get("subject", ""))),
             fired=decode_points(str(details.get("points", ""))),
             disposition=disposition,
             patient_id=event.patient,
@@ -324,6 +351,8 @@ class MonitorWorker:
             self.monitor.set_directory(directory)
 
     def save(self) -> None:
+        if self._stale:
+            return  # never over the last good state: the next step reloads it
         self.alerts.save_state(self.processed, self.monitor.snapshot(), now=self.clock())
         self._saved_at = self.monotonic()
 

@@ -179,3 +179,77 @@ def test_a_worker_needs_a_valid_configuration_before_it_starts(opened: OpenHome)
     with pytest.raises(ConfigError, match="rules"):
         worker_for(opened, rules=("alert_scor=5",))
     assert isinstance(worker_for(opened), MonitorWorker)
+
+
+@pytest.mark.parametrize("name", ["x^y", "Doe^John", "100%^", "%5E"])
+def test_a_sign_in_name_the_ledger_refuses_in_details_does_not_stop_the_monitor(
+    opened: OpenHome, name: str
+) -> None:
+    """Anyone can type "x^y" as a user name: its alerts must still be ledgered (the name
+    escaped) and the monitor must go on, for that burst and for everyone after it."""
+    worker = worker_for(opened, responses=())
+    burst(opened, name)
+    assert worker.step().alerts == ALERTING
+    assert {a.subject for a in alerts_of(opened)} == {name}  # the store keeps it as typed
+    ledgered = ledger_events(opened, prefix="monitor.alert")
+    assert len(ledgered) == ALERTING and "^" not in str(ledgered[0].details["subject"])
+    burst(opened, "dr-next", address="10.20.99.1")
+    assert worker.step().alerts == ALERTING
+
+
+def test_a_resolution_of_an_escaped_subject_reaches_that_user(opened: OpenHome) -> None:
+    from medvault.alerting.officer import handle_alert
+    from medvault.ledger.events import Actor, ActorKind
+
+    start = datetime.now(UTC)
+    worker = worker_for(opened, responses=())
+    burst(opened, "x^y", start=start, address="10.5.0.1")
+    worker.step()
+    last = alerts_of(opened, "x^y")[-1]
+    officer = Actor(kind=ActorKind.USER, id="officer", address="10.0.0.2")
+    handle_alert(
+        alerts=opened.alerts,
+        index=opened.archive.index,
+        ledger=opened.ledger,
+        alert_id=last.id,
+        status="resolved",
+        actor=officer,
+        now=start,
+        disposition="false_positive",
+    )
+    later = start + timedelta(hours=2)
+    burst(opened, "x^y", start=later, address="10.5.1.1")
+    burst(opened, "x-control", start=later, address="10.5.2.1")
+    worker.step()
+    again = [a.score for a in alerts_of(opened, "x^y") if a.event_time >= later]
+    control = [a.score for a in alerts_of(opened, "x-control")]
+    assert max(again, default=0.0) < max(control)  # the feedback found the user it was about
+
+
+def test_a_step_that_fails_after_scoring_does_not_count_the_events_twice(
+    opened: OpenHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index busy when the alerts are stored: the monitor had learned the batch already.
+    The next step must not learn it a second time (20 failures where there were 10)."""
+    from sqlalchemy.exc import OperationalError
+
+    worker = worker_for(opened, responses=())
+    real = opened.alerts.add_alerts
+    calls = []
+
+    def busy_once(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO alerts", {}, Exception("database is locked"))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(opened.alerts, "add_alerts", busy_once)
+    indices = burst(opened, "dr-twice")
+    with pytest.raises(OperationalError):
+        worker.step()
+    worker.save()  # as run() does on the way out: must not save the half-learned state
+    assert opened.alerts.load_state()[0] == 0
+    worker.step()
+    alerts = alerts_of(opened, "dr-twice")
+    assert [a.source_index for a in alerts] == indices[-ALERTING:]
+    assert [a.score for a in alerts] == [6.0, 8.0, 12.0, 14.0, 16.0]
