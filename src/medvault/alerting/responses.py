@@ -99,7 +99,9 @@ def _applies(response: Response, subject: str) -> bool:
 def _account(subject: str) -> str:
     """The account a user subject names. The ledger keeps a sign-in's name as typed, the user
     store folds it (users.authenticate_password): " Dr-X" is dr-x's sign-in, so dr-x is held."""
-    return subject.strip().casefold()[:64] if subject_kind(subject) == "user" else subject
+    if subject_kind(subject) != "user":
+        return subject
+    return subject.strip().casefold()[:64] or subject  # "   " names no account, but is a subject
 
 
 @dataclass(frozen=True)

@@ -307,9 +307,13 @@ class MonitorWorker:
 
     def _respond(self, now: datetime) -> None:
         for alert in self.alerts.unfinished("responded"):
-            applied = self.responder.respond(alert, now=now)
-            if applied:
-                self.ledger.append_many([response_event(alert, a, now=now) for a in applied])
+            try:
+                applied = self.responder.respond(alert, now=now)
+                if applied:
+                    self.ledger.append_many([response_event(alert, a, now=now) for a in applied])
+            except MedvaultError as exc:  # this alert only: the others' responses must not wait
+                log.error("alert %d: responses failed (retried): %s", alert.id, type(exc).__name__)
+                continue
             self.alerts.mark(alert.id, "responded")
 
     def _notify(self) -> None:
@@ -326,7 +330,12 @@ class MonitorWorker:
             usable = frozenset(c for c in pending if clock >= self._channel_retry.get(c, (0, 0.0))[1])
             if not usable:
                 continue
-            failed = self.notifier.deliver(alert, channels=usable)
+            try:
+                failed = self.notifier.deliver(alert, channels=usable)
+            except MedvaultError as exc:  # its message could not be built: this alert only
+                log.error("alert %d: notification failed (retried): %s", alert.id, type(exc).__name__)
+                self._delivery[alert.id] = (failures + 1, next_attempt(failures + 1, clock), pending)
+                continue
             for channel in usable - failed:
                 self._channel_retry.pop(channel, None)
             for channel in failed:

@@ -269,3 +269,54 @@ def test_a_sign_in_typed_in_other_letter_case_holds_the_account_it_names(opened:
     assert opened.alerts.is_held("lock_account", "dr-case")
     with pytest.raises(AccountLocked):
         _sign_in(opened, person, now + timedelta(seconds=31))
+
+
+@pytest.mark.parametrize("name", ["   ", "\t", "\u200b"])
+def test_a_blank_sign_in_name_does_not_hold_up_the_responses_to_everyone_else(
+    opened: OpenHome, name: str
+) -> None:
+    """/auth/token ledgers the name as typed, blanks included: its response events must still be
+    writable, or every later alert would wait for ever behind it."""
+    person = _person(opened, "dr-after-blank")
+    now = datetime.now(UTC)
+    pair = _sign_in(opened, person, now)
+    worker = worker_for(
+        opened, responses=("medium=end_sessions", "high=end_sessions", "critical=end_sessions")
+    )
+    burst(opened, name)
+    burst(opened, person.name, address="10.44.0.1")
+    worker.step()
+    assert all(a.responded for a in alerts_of(opened))
+    assert opened.users.authenticate_token(pair.access_token, now=now) is None
+
+
+def test_one_alert_whose_responses_fail_does_not_hold_up_the_others(
+    opened: OpenHome, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from medvault.errors import InvalidInput
+
+    person = _person(opened, "dr-not-held-up")
+    worker = worker_for(
+        opened, responses=("medium=lock_account", "high=lock_account", "critical=lock_account")
+    )
+    burst(opened, "dr-poison")
+    burst(opened, person.name, address="10.45.0.1")
+    real = worker.responder.respond
+    broken = {"dr-poison"}
+
+    def respond(alert: object, *, now: datetime) -> object:
+        if getattr(alert, "subject", None) in broken:
+            raise InvalidInput("event object id must be a non-empty string")
+        return real(alert, now=now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker.responder, "respond", respond)
+    with caplog.at_level(logging.ERROR, logger="medvault.server"):
+        worker.step()
+    assert "responses failed (retried): InvalidInput" in caplog.text
+    assert opened.alerts.is_held("lock_account", person.name)
+    assert not any(a.responded for a in alerts_of(opened, "dr-poison"))
+    broken.clear()
+    worker.step()
+    assert all(a.responded for a in alerts_of(opened)) and opened.alerts.is_held("lock_account", "dr-poison")
