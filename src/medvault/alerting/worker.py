@@ -306,15 +306,23 @@ class MonitorWorker:
         return len(new)
 
     def _respond(self, now: datetime) -> None:
+        # Carried out alert by alert; their ledger events and flags written once for the lot (a
+        # password spray raises hundreds: a transaction each held up the next events' scoring).
+        # A crash in between carries them out again: holds in force say so, sessions end twice.
+        events: list[AuditEvent] = []
+        done: list[int] = []
         for alert in self.alerts.unfinished("responded"):
             try:
                 applied = self.responder.respond(alert, now=now)
-                if applied:
-                    self.ledger.append_many([response_event(alert, a, now=now) for a in applied])
+                built = [response_event(alert, a, now=now) for a in applied]
             except MedvaultError as exc:  # this alert only: the others' responses must not wait
                 log.error("alert %d: responses failed (retried): %s", alert.id, type(exc).__name__)
                 continue
-            self.alerts.mark(alert.id, "responded")
+            events.extend(built)
+            done.append(alert.id)
+        if events:
+            self.ledger.append_many(events)
+        self.alerts.mark(done, "responded")
 
     def _notify(self) -> None:
         if not self.notifier.configured:

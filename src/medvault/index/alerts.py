@@ -296,9 +296,13 @@ class AlertStore:
             rows = conn.execute(select(a.alerts).where(col.is_(False)).order_by(a.alerts.c.id)).all()
         return [self._record(r) for r in rows]
 
-    def mark(self, alert_id: int, column: Literal["responded", "notified"]) -> None:
+    def mark(self, alert_ids: int | Sequence[int], column: Literal["responded", "notified"]) -> None:
+        """Set ``column`` on one alert or many (one transaction)."""
+        ids = [alert_ids] if isinstance(alert_ids, int) else list(alert_ids)
+        if not ids:
+            return
         with self._writer.begin() as conn:
-            conn.execute(update(a.alerts).where(a.alerts.c.id == alert_id).values({column: True}))
+            conn.execute(update(a.alerts).where(a.alerts.c.id.in_(ids)).values({column: True}))
 
     # -- officers --------------------------------------------------------------------------------
 

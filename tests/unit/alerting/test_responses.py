@@ -320,3 +320,21 @@ def test_one_alert_whose_responses_fail_does_not_hold_up_the_others(
     broken.clear()
     worker.step()
     assert all(a.responded for a in alerts_of(opened)) and opened.alerts.is_held("lock_account", "dr-poison")
+
+
+def test_a_password_spray_is_answered_in_one_step_each_response_ledgered_once(opened: OpenHome) -> None:
+    """Fifty accounts, ten failures each, in one step: every alert's responses carried out and
+    ledgered once, every hold once per account."""
+    worker = worker_for(opened)
+    start = datetime.now(UTC)
+    for j in range(50):
+        burst(opened, f"dr-spray-{j}", start=start, address=f"10.66.{j}.1")
+    worker.step()
+    alerts = alerts_of(opened)
+    assert len(alerts) == 250 and all(a.responded for a in alerts)
+    responses = ledger_events(opened, prefix="monitor.response.")
+    per_alert = {(e.details["alert_id"], e.action) for e in responses}
+    assert len(per_alert) == len(responses)  # none twice
+    assert {a.id for a in alerts if a.severity != "medium"} == {int(e.details["alert_id"]) for e in responses}
+    holds = opened.alerts.holds()
+    assert len({(h.kind, h.subject) for h in holds}) == len(holds) == 100  # step_up, hold_exports each
