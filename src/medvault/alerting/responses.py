@@ -74,6 +74,21 @@ def subject_kind(subject: str) -> SubjectKind:
     return "user"
 
 
+def alert_subject(actor: Actor, monitor_user: str) -> str:
+    """Whom an alert names. The monitor names keys and nodes ``apikey:NAME``, ``node:NAME`` and
+    people plainly; a sign-in name is typed by anyone, and "node:ct1" typed at /auth/token must
+    not make the responses suspend node ct1 (or "apikey:…" a key). Account names hold no ':', so
+    such a person is named ``user:…``: a user subject, answered with user responses (if any)."""
+    if actor.kind is ActorKind.USER and monitor_user.startswith((*(p for p, _ in _PREFIXES), "user:")):
+        return "user:" + monitor_user
+    return monitor_user
+
+
+def monitor_user(subject: str) -> str:
+    """The monitor's name for an alert's subject (the inverse of :func:`alert_subject`)."""
+    return subject.removeprefix("user:")
+
+
 _DECODE = re.compile(r"%(25|5E)")
 
 

@@ -33,7 +33,9 @@ from medvault.alerting.directory import effective_directory
 from medvault.alerting.notify import Notifier, next_attempt
 from medvault.alerting.responses import (
     Responder,
+    alert_subject,
     ledger_subject,
+    monitor_user,
     parse_responses,
     response_event,
     subject_from_ledger,
@@ -133,12 +135,12 @@ def resolve_event(alert: AlertRecord, *, disposition: str, actor: Any, now: date
     )
 
 
-def _new_alert(scored: ScoredEvent, index: int, time_of: datetime) -> NewAlert:
+def _new_alert(scored: ScoredEvent, index: int, time_of: datetime, subject: str) -> NewAlert:
     incident = scored.incident
     return NewAlert(
         source_index=index,
         event_time=time_of,
-        subject=scored.user,
+        subject=subject,
         severity=scored.severity,
         score=scored.score,
         incident_id=scored.incident_id,
@@ -245,7 +247,7 @@ class MonitorWorker:
         return StepResult(scored, raised)
 
     def _score(self, leaves: Sequence[bytes], first: int) -> tuple[int, int]:
-        pending: list[tuple[MonitorEvent, int, datetime]] = []
+        pending: list[tuple[MonitorEvent, int, datetime, str]] = []
         items: list[tuple[NewAlert, bytes]] = []
         scored = 0
 
@@ -253,16 +255,19 @@ class MonitorWorker:
             nonlocal scored
             if not pending:
                 return
-            batch = self.monitor.observe_batch(EventBatch.of([e for e, _, _ in pending]))
+            batch = self.monitor.observe_batch(EventBatch.of([e for e, _, _, _ in pending]))
             scored += len(pending)
             now = self.clock()
             for i, result in enumerate(batch.alert):
                 if result:
                     event = batch.event(i)
-                    _, index, when = pending[i]
-                    ledgered = dataclasses.replace(event, user=ledger_subject(event.user))
+                    _, index, when, subject = pending[i]
+                    ledgered = dataclasses.replace(event, user=ledger_subject(subject))
                     items.append(
-                        (_new_alert(event, index, when), canonical_bytes(alert_event(ledgered, time=now)))
+                        (
+                            _new_alert(event, index, when, subject),
+                            canonical_bytes(alert_event(ledgered, time=now)),
+                        )
                     )
             pending.clear()
 
@@ -281,7 +286,7 @@ class MonitorWorker:
                 self._apply_resolution(event)
                 continue
             if mapped is not None:
-                pending.append((mapped, first + offset, event.time))
+                pending.append((mapped, first + offset, event.time, alert_subject(event.actor, mapped.user)))
         flush()
         return scored, self._store(items) if items else 0
 
@@ -292,7 +297,7 @@ class MonitorWorker:
         except ValueError:
             return
         self.monitor.resolve(
-            user=subject_from_ledger(str(details.get("subject", ""))),
+            user=monitor_user(subject_from_ledger(str(details.get("subject", "")))),
             fired=decode_points(str(details.get("points", ""))),
             disposition=disposition,
             patient_id=event.patient,

@@ -338,3 +338,25 @@ def test_a_password_spray_is_answered_in_one_step_each_response_ledgered_once(op
     assert {a.id for a in alerts if a.severity != "medium"} == {int(e.details["alert_id"]) for e in responses}
     holds = opened.alerts.holds()
     assert len({(h.kind, h.subject) for h in holds}) == len(holds) == 100  # step_up, hold_exports each
+
+
+def test_a_sign_in_name_that_looks_like_a_key_or_a_node_suspends_neither(opened: OpenHome) -> None:
+    """Anyone can type "node:ct1" or "apikey:nightly" as a user name at /auth/token: the default
+    critical responses must not suspend that node or that key."""
+    nodes = node_store(opened)
+    ca, ca_key = create_ca("site CA")
+    cert, _ = issue_client_certificate(ca, ca_key, common_name="ct1")
+    nodes.add("ct1", ae_title="CT1", host="10.1.1.1", port=104, permissions={"store"}, certificate_pem=cert)
+    key = opened.api_keys.create("nightly", role="viewer")
+    worker = worker_for(opened)  # the defaults: critical suspends keys and nodes
+    burst(opened, "node:ct1")  # a person's failed sign-ins, as /auth/token ledgers them
+    burst(opened, "apikey:nightly", address="10.3.3.3")
+    worker.step()
+    assert {a.subject for a in alerts_of(opened)} == {"user:node:ct1", "user:apikey:nightly"}
+    assert not nodes.get("ct1").suspended
+    assert opened.api_keys.authenticate(key) is not None
+    assert {h.subject for h in opened.alerts.holds()} <= {"user:node:ct1", "user:apikey:nightly"}
+    # the node's own refused associations still suspend it
+    burst(opened, "node:ct1", kind=ActorKind.NODE, address="10.3.4.4")
+    worker.step()
+    assert nodes.get("ct1").suspended

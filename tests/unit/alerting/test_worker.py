@@ -197,15 +197,17 @@ def test_a_sign_in_name_the_ledger_refuses_in_details_does_not_stop_the_monitor(
     assert worker.step().alerts == ALERTING
 
 
-def test_a_resolution_of_an_escaped_subject_reaches_that_user(opened: OpenHome) -> None:
+@pytest.mark.parametrize("name", ["x^y", "node:ct1", "user:x"])
+def test_a_resolution_of_an_escaped_subject_reaches_that_user(opened: OpenHome, name: str) -> None:
     from medvault.alerting.officer import handle_alert
     from medvault.ledger.events import Actor, ActorKind
 
     start = datetime.now(UTC)
     worker = worker_for(opened, responses=())
-    burst(opened, "x^y", start=start, address="10.5.0.1")
+    burst(opened, name, start=start, address="10.5.0.1")
     worker.step()
-    last = alerts_of(opened, "x^y")[-1]
+    subject = "user:" + name if ":" in name else name  # as the alert names a typed "node:…"
+    last = alerts_of(opened, subject)[-1]
     officer = Actor(kind=ActorKind.USER, id="officer", address="10.0.0.2")
     handle_alert(
         alerts=opened.alerts,
@@ -218,10 +220,10 @@ def test_a_resolution_of_an_escaped_subject_reaches_that_user(opened: OpenHome) 
         disposition="false_positive",
     )
     later = start + timedelta(hours=2)
-    burst(opened, "x^y", start=later, address="10.5.1.1")
+    burst(opened, name, start=later, address="10.5.1.1")
     burst(opened, "x-control", start=later, address="10.5.2.1")
     worker.step()
-    again = [a.score for a in alerts_of(opened, "x^y") if a.event_time >= later]
+    again = [a.score for a in alerts_of(opened, subject) if a.event_time >= later]
     control = [a.score for a in alerts_of(opened, "x-control")]
     assert max(again, default=0.0) < max(control)  # the feedback found the user it was about
 
