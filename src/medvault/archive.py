@@ -247,8 +247,8 @@ class Archive:
         return outbox_for(self.audit.ledger, events)
 
     def _publish(self, outbox: Outbox | None) -> None:
-        if self.audit is not None:
-            publish(self.audit.ledger, self.index, outbox)
+        if self.audit is not None:  # the rows go with the next store's transaction
+            publish(self.audit.ledger, self.index, outbox, defer_cleanup=True)
 
     def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
         return StoreOutcome(
@@ -525,18 +525,23 @@ class StoreSession:
         self._inflight_bytes = 0
         self._written: list[tuple[int, _Prepared]] = []
         self._written_since = 0.0  # when the oldest written, unindexed object was written
-        self._unlogged: list[StoreOutcome] = []
+        self._unlogged: list[tuple[int, StoreOutcome]] = []
+        self._actors: dict[int, Actor] = {}  # instances added on behalf of another actor
         self._closed = False
 
     @property
     def count(self) -> int:
         return len(self._outcomes)
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes, *, actor: Actor | None = None) -> None:
         """Take the next instance (its outcome is the next in :meth:`finish`'s list). Blocks while
-        the writer threads are behind (back-pressure on the sender)."""
+        the writer threads are behind (back-pressure on the sender). ``actor``: who sent this
+        one, when the session groups several senders (the DIMSE listener's concurrent
+        associations of one node); its store event names them."""
         pos = len(self._outcomes)
         self._outcomes.append(None)
+        if actor is not None:
+            self._actors[pos] = actor
         outcome = self._check(pos, data)
         if outcome is not None:
             self._settle(pos, outcome)
@@ -695,7 +700,9 @@ class StoreSession:
             return
         archive = self._archive
         ready, self._written = self._written, []
-        events = [archive._store_event(archive._stored(p.parsed), p.entry, self._actor) for _, p in ready]
+        events = [
+            archive._store_event(archive._stored(p.parsed), p.entry, self._actor_of(pos)) for pos, p in ready
+        ]
         try:
             archive.blobs.sync()  # objects durable before the index acknowledges them
             outbox = archive._outbox(events)
@@ -717,14 +724,19 @@ class StoreSession:
     def _settle(self, pos: int, outcome: StoreOutcome) -> None:
         self._outcomes[pos] = outcome
         if outcome.status == "failed":  # stored ones were ledgered with their index rows
-            self._unlogged.append(outcome)
+            self._unlogged.append((pos, outcome))
 
     def _log(self) -> None:
         """Ledger the refusals (durably: stores are not group-committed reads)."""
         archive = self._archive
         if archive.audit is not None and self._unlogged:
-            archive.audit.emit_many([archive._store_event(o, None, self._actor) for o in self._unlogged])
+            archive.audit.emit_many(
+                [archive._store_event(o, None, self._actor_of(pos)) for pos, o in self._unlogged]
+            )
         self._unlogged = []
+
+    def _actor_of(self, pos: int) -> Actor | None:
+        return self._actors.get(pos, self._actor)
 
 
 _OUT_OF_SCOPE = Forbidden(

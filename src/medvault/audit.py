@@ -54,12 +54,16 @@ def outbox_for(ledger: Ledger, events: Sequence[AuditEvent]) -> Outbox:
     return Outbox(owner=process_tag(), after_size=ledger.size, leaves=[canonical_bytes(e) for e in events])
 
 
-def publish(ledger: Ledger, index: Index, outbox: Outbox | None) -> None:
-    """After the change committed: its events into the ledger, then out of the outbox."""
+def publish(ledger: Ledger, index: Index, outbox: Outbox | None, *, defer_cleanup: bool = False) -> None:
+    """After the change committed: its events into the ledger, then out of the outbox (with
+    ``defer_cleanup``, by the process's next index write: see Index.outbox_published)."""
     if outbox is None or not outbox.leaves:
         return
     ledger.append_leaves(outbox.leaves)
-    index.outbox_done(outbox.ids)
+    if defer_cleanup:
+        index.outbox_published(outbox.ids)
+    else:
+        index.outbox_done(outbox.ids)
 
 
 class LedgerAudit:

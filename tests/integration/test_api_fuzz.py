@@ -36,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         keys = {
             role: opened.api_keys.create(f"fuzz-{role}-{secrets.token_hex(6)}", role=role)
-            for role in ("admin", "auditor", "researcher")
+            for role in ("admin", "auditor", "researcher", "monitoring")
         }
     finally:
         opened.close()
@@ -48,8 +48,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _role_for(path: str) -> str:
-    if path.startswith("/ledger"):
+    if path.startswith(("/ledger", "/api/alerts", "/api/holds")):
         return "auditor"
+    if path == "/metrics":
+        return "monitoring"
     if path.startswith("/research"):
         return "researcher"
     return "admin"

@@ -179,12 +179,12 @@ def test_the_passphrase_is_stretched_once_for_every_worker_and_restart(home: Hom
     try:
         deadline = time.monotonic() + 30
         https, dimse = set(), set()
-        while not (https and dimse and len(_children(process.pid)) == 3):
+        while not (https and dimse and len(_children(process.pid)) == 4):  # 2 HTTP, DIMSE, monitor
             assert process.poll() is None and time.monotonic() < deadline
             https, dimse = _listening_inodes(port), _listening_inodes(dimse_port)
             time.sleep(0.1)
         workers = _children(process.pid)
-        http_worker = next(c for c in workers if not _holds_socket(c, dimse))
+        http_worker = next(c for c in workers if _holds_socket(c, https) and not _holds_socket(c, dimse))
         os.kill(http_worker, signal.SIGKILL)
         while True:  # the replacement is forked, opens the home, starts its checkpoint thread
             assert time.monotonic() < deadline

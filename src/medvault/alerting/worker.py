@@ -64,7 +64,9 @@ log = logging.getLogger("medvault.server")
 RESOLVE_ACTION = "alert.resolve"
 _READ_BATCH = 5000
 _DIRECTORY_CHECK_SECONDS = 30.0
-_BEAT_SECONDS = 1.0
+_BEAT_SECONDS = 1.0  # progress (the lag metric) at most this stale while busy
+_IDLE_BEAT_SECONDS = 5.0  # the heartbeat when there is nothing to score
+_SWEEP_SECONDS = 5.0
 
 
 def rules_from(entries: Sequence[str]) -> Rules:
@@ -97,7 +99,7 @@ def rules_from(entries: Sequence[str]) -> Rules:
     try:
         return Rules.from_json({**defaults, **changes})
     except MedvaultError as exc:
-        raise ConfigError(f"[monitor] rules: {exc.message}") from None
+        raise ConfigError(f"[monitor] rules: {exc.message.removeprefix('rules: ')}") from None
 
 
 def encode_points(points: dict[str, float]) -> str:
@@ -191,6 +193,7 @@ class MonitorWorker:
         first = self._load()
         self._saved_at = self.monotonic()
         self._beat_at = 0.0
+        self._swept_at = -_SWEEP_SECONDS  # the first step finishes what a previous worker left
         if first:
             self.save()  # the state row exists from the start: heartbeats and the lag metric need it
         self._directory_checked = self.monotonic()
@@ -237,13 +240,18 @@ class MonitorWorker:
             scored, raised = scored + n, raised + a
             self.processed = stop
         now = self.clock()
-        if self.monotonic() - self._saved_at >= self.settings.snapshot_seconds:
+        clock = self.monotonic()
+        if clock - self._saved_at >= self.settings.snapshot_seconds:
             self.save()
-        elif scored or self.monotonic() - self._beat_at >= _BEAT_SECONDS:
-            self.alerts.beat(self.processed, now=now)  # a write per second at most when idle
-            self._beat_at = self.monotonic()
-        self._respond(now)
-        self._notify()
+        elif clock - self._beat_at >= (_BEAT_SECONDS if scored else _IDLE_BEAT_SECONDS):
+            self.alerts.beat(self.processed, now=now)  # a durable write: seldom
+            self._beat_at = clock
+        # Responses and notifications at once for new alerts; otherwise (retries, and what a
+        # previous worker left unfinished) every few seconds: an idle step costs two queries.
+        if raised or clock - self._swept_at >= _SWEEP_SECONDS:
+            self._respond(now)
+            self._notify()
+            self._swept_at = clock
         return StepResult(scored, raised)
 
     def _score(self, leaves: Sequence[bytes], first: int) -> tuple[int, int]:

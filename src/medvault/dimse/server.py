@@ -65,6 +65,7 @@ from medvault.access.policy import Action, Context, DecisionPoint, Grant, Princi
 from medvault.archive import Archive, StoreCheck
 from medvault.dimse._tls import DimseTls, NodeTls, peer_text
 from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
+from medvault.dimse.ingest import StoreQueue
 from medvault.dimse.permissions import DimseOperation, NodeDecision, decide_node
 from medvault.dimse.query import (
     PATIENT_ROOT,
@@ -215,6 +216,9 @@ class _Server(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         raw, address = self.socket.accept()
+        # Each C-STORE-RSP is a small write answered by the peer's next request: without
+        # TCP_NODELAY, Nagle's algorithm can hold it for the peer's delayed ACK (tens of ms).
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return raw, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -261,6 +265,7 @@ class DimseServer:
         self._admitted: weakref.WeakKeyDictionary[socket.socket, Node] = weakref.WeakKeyDictionary()
         self._sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._ingest = StoreQueue(archive)  # concurrent associations' C-STOREs, written together
 
         _configure_pynetdicom()
         ae = AE(ae_title=ae_title)
@@ -336,6 +341,7 @@ class DimseServer:
         self._server.shutdown()
         for assoc in list(self._ae.active_associations):
             assoc.abort()
+        self._ingest.close()  # what was received is written and answered before the stop
         self._thread.join(timeout=10)
         self._emit(DimseAuditEvent("dimse.listener.stop", "info", called_ae=self.ae_title))
 
@@ -583,9 +589,9 @@ class DimseServer:
             if mismatch:
                 self._op_event(session, "dimse.store", STATUS_DOES_NOT_MATCH_SOP_CLASS, details, mismatch)
                 return STATUS_DOES_NOT_MATCH_SOP_CLASS
-            outcome = self.archive.store_batch(
-                [data], actor=_node_actor(session), may_store=self._store_check(session)
-            )[0]
+            outcome = self._ingest.store(
+                data, node=session.node, actor=_node_actor(session), check=self._store_check(session)
+            )
         except IdentifierError as exc:
             self._op_event(session, "dimse.store", exc.status, details, str(exc))
             return exc.status

@@ -207,6 +207,9 @@ class Index:
         self._cipher = cipher
         self._blind = blind
         self._write_lock = threading.Lock()
+        # Outbox rows whose events are in the ledger, deleted by this process's next write
+        # transaction instead of one of their own (see outbox_published).
+        self._published: list[int] = []
         self._writer = engine.execution_options(write=True)
 
     @classmethod
@@ -244,6 +247,7 @@ class Index:
         t.metadata.create_all(self._writer)
 
     def close(self) -> None:
+        self.flush_published()
         self.engine.dispose()
 
     # -- encryption helpers ----------------------------------------------------------------------
@@ -380,6 +384,7 @@ class Index:
                 raise Conflict("an SOP instance of this batch is already stored") from None
             if outbox is not None:
                 write_outbox(conn, outbox)
+            self._delete_published(conn)
 
     def delete_instances(
         self, records: Iterable[InstanceRecord], *, outbox: Outbox | None = None
@@ -772,6 +777,34 @@ class Index:
                         t.ledger_outbox.c.id.in_(list(ids[start : start + _SCAN_BATCH]))
                     )
                 )
+
+    def outbox_published(self, ids: Sequence[int]) -> None:
+        """Outbox rows whose events the ledger now holds: deleted with this process's next write
+        transaction (one commit less per stored group; C-STORE stores one instance per group).
+        Until then they are harmless: if the process dies first, the rows are orphans whose
+        events :func:`medvault.fsck.publish_outbox` finds in the ledger already, and it only
+        clears them."""
+        with self._write_lock:
+            self._published.extend(ids)
+            overdue = len(self._published) >= _SCAN_BATCH
+        if overdue:
+            self.flush_published()
+
+    def flush_published(self) -> None:
+        """Delete the published outbox rows now (at close, and when many are waiting)."""
+        with self._write_lock:
+            if not self._published:
+                return
+            with self._writer.begin() as conn:
+                self._delete_published(conn)
+
+    def _delete_published(self, conn: Any) -> None:
+        """Inside a write transaction, holding the write lock."""
+        ids, self._published = self._published, []
+        for start in range(0, len(ids), _SCAN_BATCH):
+            conn.execute(
+                delete(t.ledger_outbox).where(t.ledger_outbox.c.id.in_(ids[start : start + _SCAN_BATCH]))
+            )
 
     def outbox_rows(self) -> list[OutboxRow]:
         with self.engine.connect() as conn:

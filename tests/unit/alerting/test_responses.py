@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from tests.unit.alerting.conftest import alerts_of, burst, ledger_events, worker_for
+from tests.unit.alerting.conftest import Clock, alerts_of, burst, ledger_events, worker_for
 
 from medvault.access import tokens as tk
 from medvault.access.policy import Action, decide
@@ -291,7 +291,7 @@ def test_a_blank_sign_in_name_does_not_hold_up_the_responses_to_everyone_else(
 
 
 def test_one_alert_whose_responses_fail_does_not_hold_up_the_others(
-    opened: OpenHome, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    opened: OpenHome, clock: Clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
 
@@ -299,7 +299,7 @@ def test_one_alert_whose_responses_fail_does_not_hold_up_the_others(
 
     person = _person(opened, "dr-not-held-up")
     worker = worker_for(
-        opened, responses=("medium=lock_account", "high=lock_account", "critical=lock_account")
+        opened, clock, responses=("medium=lock_account", "high=lock_account", "critical=lock_account")
     )
     burst(opened, "dr-poison")
     burst(opened, person.name, address="10.45.0.1")
@@ -318,6 +318,7 @@ def test_one_alert_whose_responses_fail_does_not_hold_up_the_others(
     assert opened.alerts.is_held("lock_account", person.name)
     assert not any(a.responded for a in alerts_of(opened, "dr-poison"))
     broken.clear()
+    clock.advance(6)  # unfinished responses are swept every 5 s
     worker.step()
     assert all(a.responded for a in alerts_of(opened)) and opened.alerts.is_held("lock_account", "dr-poison")
 

@@ -127,3 +127,23 @@ def test_node_registry_site_certificate_and_validation(store: NodeStore) -> None
         args = {"ae_title": "OK", "host": "h", "port": 1, "permissions": set(), **bad}
         with pytest.raises(InvalidInput):
             store.add("x", certificate_pem=cert, **args)  # type: ignore[arg-type]
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """Every accepted DIMSE connection gets TCP_NODELAY (issue 19): a C-STORE-RSP is not held
+    back for the peer's delayed ACK."""
+    import socket
+
+    from medvault.dimse.server import _Server
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    server = object.__new__(_Server)
+    server.socket = listener
+    with socket.create_connection(listener.getsockname()) as client:
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        accepted, _ = server.get_request()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    listener.close()

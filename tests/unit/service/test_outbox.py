@@ -56,9 +56,29 @@ def _store_events(archive: Archive) -> list[bytes]:
 
 
 def test_a_store_leaves_no_outbox_rows_and_one_event_each(archive: Archive, files: list[bytes]) -> None:
-    assert all(o.status == "stored" for o in archive.store_batch(files))
+    """Published rows go with the process's next index write (one commit less per C-STORE)."""
+    assert all(o.status == "stored" for o in archive.store_batch(files[:2]))
+    first = archive.index.outbox_rows()
+    assert len(first) == 2 and {r.owner for r in first} == {process_tag()}
+    assert len(_store_events(archive)) == 2
+    assert all(o.status == "stored" for o in archive.store_batch(files[2:]))
+    left = archive.index.outbox_rows()
+    assert len(left) == 1 and not {r.id for r in left} & {r.id for r in first}  # cleared in that commit
+    archive.index.flush_published()
     assert archive.index.outbox_rows() == []
     assert len(_store_events(archive)) == 3
+    assert publish_outbox(archive) == (0, 0)
+
+
+def test_published_rows_of_a_killed_writer_are_cleared_not_republished(
+    archive: Archive, files: list[bytes]
+) -> None:
+    archive.store_batch(files)
+    with archive.index._writer.begin() as conn:  # as if the writer died before its next write
+        conn.exec_driver_sql("UPDATE ledger_outbox SET owner = '1:never'")
+    archive.index._published.clear()
+    assert publish_outbox(archive) == (0, 0)
+    assert archive.index.outbox_rows() == [] and len(_store_events(archive)) == 3
 
 
 def test_a_crash_before_the_ledger_append_is_repaired_exactly_once(
@@ -96,6 +116,7 @@ def test_a_crash_after_the_ledger_append_is_not_published_twice(
 def test_deletes_go_through_the_outbox_too(archive: Archive, files: list[bytes]) -> None:
     outcomes = archive.store_batch(files)
     archive.delete(outcomes[0].study_uid or "")
+    archive.index.flush_published()
     assert archive.index.outbox_rows() == []
     assert archive.audit is not None
     ledger = archive.audit.ledger
