@@ -25,10 +25,10 @@ PATIENT_TAG = "00100020"
 
 def read_directory_file(path: Path) -> dict[str, Any]:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM, as Windows tools write
     except FileNotFoundError:
         raise DirectoryInvalid(f"{path} does not exist") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DirectoryInvalid(f"{path} is not JSON: {type(exc).__name__}") from None
     parse_directory(raw)  # every field checked, naming the one that is wrong
     if not isinstance(raw, dict):

@@ -5,7 +5,9 @@ with HMAC-SHA256.
 Webhook request: ``POST`` the alert's JSON (docs/monitoring.md) with
 ``X-Medvault-Timestamp: <unix seconds>`` and
 ``X-Medvault-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``; a receiver
-recomputes it and refuses stale timestamps (replays). A failed delivery is retried by the worker.
+recomputes it and refuses stale timestamps (replays). A failed delivery is retried by the worker
+on the channels that failed only, with back-off per alert and per channel: a collector that is
+down or hangs costs one attempt per back-off, not one per alert, so scoring never waits on it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from medvault.alerting.responses import ledger_subject
 from medvault.config import MonitorSettings
+from medvault.crypto.tls import client_ssl_context
 from medvault.errors import ConfigError, MedvaultError
 from medvault.index.alerts import AlertRecord
 from medvault.ledger.atna import audit_message
@@ -65,7 +70,7 @@ def _as_event(alert: AlertRecord) -> AuditEvent:
         reason="; ".join(alert.reasons)[:2000] or None,
         details={
             "alert_id": alert.id,
-            "subject": alert.subject[:500],
+            "subject": ledger_subject(alert.subject)[:500],
             "severity": alert.severity,
             "score_milli": round(alert.score * 1000),
             "ledger_index": alert.source_index,
@@ -78,6 +83,7 @@ class Notifier:
     settings: MonitorSettings
     origin: str
     root: Path
+    timeout: float = 10.0  # seconds per delivery (connect, TLS, answer)
 
     @property
     def configured(self) -> bool:
@@ -86,10 +92,22 @@ class Notifier:
     def check(self) -> None:
         """Refuse a configuration that cannot work, before serving."""
         if self.settings.syslog:
-            parse_destination(self.settings.syslog)
+            try:
+                parse_destination(self.settings.syslog)
+            except MedvaultError as exc:
+                raise ConfigError(f"[monitor] syslog: {exc.message}", hint=exc.hint or None) from None
+        for name in ("syslog_ca", "webhook_ca"):
+            ca = self._path(getattr(self.settings, name))
+            if ca is not None and not ca.is_file():  # else every delivery fails, retried for ever
+                raise ConfigError(f"[monitor] {name}: {ca} does not exist")
         if self.settings.webhook_url:
-            if not self.settings.webhook_url.startswith("https://"):
-                raise ConfigError("[monitor] webhook_url must be an https:// URL")
+            url = self.settings.webhook_url
+            try:
+                host = httpx.URL(url).host
+            except httpx.InvalidURL:
+                host = ""
+            if not url.startswith("https://") or not host:
+                raise ConfigError("[monitor] webhook_url must be an https:// URL with a host")
             if not self.settings.webhook_secret_env or not os.environ.get(self.settings.webhook_secret_env):
                 raise ConfigError(
                     "[monitor] webhook_url needs a secret: set webhook_secret_env to the name of an "
@@ -99,14 +117,23 @@ class Notifier:
     def _path(self, value: str) -> Path | None:
         return (self.root / value) if value else None
 
-    def deliver(self, alert: AlertRecord) -> bool:
-        """Send the alert everywhere configured; True when every channel took it."""
-        ok = True
-        if self.settings.syslog:
-            ok = self._syslog(alert) and ok
-        if self.settings.webhook_url:
-            ok = self._webhook(alert) and ok
-        return ok
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels configured: ``syslog``, ``webhook``."""
+        return frozenset(
+            name
+            for name, on in (("syslog", self.settings.syslog), ("webhook", self.settings.webhook_url))
+            if on
+        )
+
+    def deliver(self, alert: AlertRecord, *, channels: frozenset[str] | None = None) -> frozenset[str]:
+        """Send the alert to ``channels`` (every one configured by default); the channels that
+        did not take it, to retry those only (a channel that took it never gets it twice)."""
+        failed: set[str] = set()
+        for name in sorted(self.channels if channels is None else channels & self.channels):
+            if not (self._syslog(alert) if name == "syslog" else self._webhook(alert)):
+                failed.add(name)
+        return frozenset(failed)
 
     def _syslog(self, alert: AlertRecord) -> bool:
         event = _as_event(alert)
@@ -119,7 +146,13 @@ class Notifier:
             msgid="ALERT",
             structured_data=[
                 SdElement(
-                    _SD_ID, [("id", str(alert.id)), ("severity", alert.severity), ("origin", self.origin)]
+                    _SD_ID,
+                    [
+                        ("id", str(alert.id)),
+                        ("severity", alert.severity),
+                        ("subject", alert.subject),  # whom it is about: the SIEM's first question
+                        ("origin", self.origin),
+                    ],
                 )
             ],
         )
@@ -127,7 +160,7 @@ class Notifier:
             with SyslogSender(
                 parse_destination(self.settings.syslog),
                 ca_file=self._path(self.settings.syslog_ca),
-                timeout=10,
+                timeout=self.timeout,
             ) as sender:
                 sender.send(message)
         except MedvaultError as exc:
@@ -144,6 +177,8 @@ class Notifier:
         stamp = str(int(time.time()))
         ca = self._path(self.settings.webhook_ca)
         try:
+            # medvault's TLS policy (1.2+, host name checked) trusting the site's CA, if given
+            verify: ssl.SSLContext | bool = client_ssl_context(ca) if ca else True
             answer = httpx.post(
                 self.settings.webhook_url,
                 content=body,
@@ -152,11 +187,11 @@ class Notifier:
                     TIMESTAMP_HEADER: stamp,
                     SIGNATURE_HEADER: sign(secret, stamp, body),
                 },
-                verify=str(ca) if ca else True,
-                timeout=10,
+                verify=verify,
+                timeout=self.timeout,
                 follow_redirects=False,
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, MedvaultError) as exc:
             log.warning("alert %d: webhook delivery failed: %s", alert.id, type(exc).__name__)
             return False
         if answer.status_code >= 300:

@@ -10,7 +10,7 @@ from typing import Literal
 from medvault.alerting.responses import lift_event
 from medvault.alerting.worker import resolve_event
 from medvault.audit import outbox_for, publish
-from medvault.index.alerts import AlertRecord, AlertStore, Hold
+from medvault.index.alerts import AlertRecord, AlertStore, Hold, check_handling
 from medvault.index.store import Index
 from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.ledger.store import Ledger
@@ -28,6 +28,7 @@ def handle_alert(
     disposition: str | None = None,
     note: str | None = None,
 ) -> AlertRecord:
+    check_handling(status, disposition, note)  # the clear error, not one of the ledger event's
     current = alerts.get(alert_id)
     if status == "resolved":
         event = resolve_event(current, disposition=disposition or "", actor=actor, now=now)

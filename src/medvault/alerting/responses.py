@@ -17,6 +17,7 @@ unless the site asks for it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,6 +45,8 @@ def parse_responses(entries: Sequence[str]) -> dict[str, tuple[Response, ...]]:
                 f"[monitor] responses: {entry!r} must be SEVERITY=RESPONSE,…",
                 hint="Severities: medium, high, critical. Responses: " + ", ".join(RESPONSES) + ".",
             )
+        if severity in table:
+            raise ConfigError(f"[monitor] responses: {severity} is given twice; list its responses once")
         chosen = [n.strip() for n in names.split(",") if n.strip()]
         unknown = [n for n in chosen if n not in RESPONSES]
         if unknown:
@@ -71,11 +74,49 @@ def subject_kind(subject: str) -> SubjectKind:
     return "user"
 
 
+def alert_subject(actor: Actor, monitor_user: str) -> str:
+    """Whom an alert names. The monitor names keys and nodes ``apikey:NAME``, ``node:NAME`` and
+    people plainly; a sign-in name is typed by anyone, and "node:ct1" typed at /auth/token must
+    not make the responses suspend node ct1 (or "apikey:…" a key). Account names hold no ':', so
+    such a person is named ``user:…``: a user subject, answered with user responses (if any)."""
+    if actor.kind is ActorKind.USER and monitor_user.startswith((*(p for p, _ in _PREFIXES), "user:")):
+        return "user:" + monitor_user
+    return monitor_user
+
+
+def monitor_user(subject: str) -> str:
+    """The monitor's name for an alert's subject (the inverse of :func:`alert_subject`)."""
+    return subject.removeprefix("user:")
+
+
+_DECODE = re.compile(r"%(25|5E)")
+
+
+def ledger_subject(subject: str) -> str:
+    """``subject`` as a ledger event's details can hold it. The ledger refuses "^" in details (a
+    DICOM person name); sign-in names are typed by anyone, so "x^y" is escaped (%5E, and % as
+    %25), never refused: a refused alert event would stop the monitor at that entry for good."""
+    return subject.replace("%", "%25").replace("^", "%5E")
+
+
+def subject_from_ledger(text: str) -> str:
+    """The inverse of :func:`ledger_subject`."""
+    return _DECODE.sub(lambda m: "%" if m.group(1) == "25" else "^", text)
+
+
 def _applies(response: Response, subject: str) -> bool:
     kind = subject_kind(subject)
     if response in _USER_RESPONSES:
         return kind == "user"
     return (response == "suspend_key" and kind == "apikey") or (response == "suspend_node" and kind == "node")
+
+
+def _account(subject: str) -> str:
+    """The account a user subject names. The ledger keeps a sign-in's name as typed, the user
+    store folds it (users.authenticate_password): " Dr-X" is dr-x's sign-in, so dr-x is held."""
+    if subject_kind(subject) != "user":
+        return subject
+    return subject.strip().casefold()[:64] or subject  # "   " names no account, but is a subject
 
 
 @dataclass(frozen=True)
@@ -105,7 +146,7 @@ class Responder:
         return done
 
     def _apply(self, response: Response, alert: AlertRecord, now: datetime) -> Applied:
-        subject = alert.subject
+        subject = _account(alert.subject)
         if response in ("end_sessions", "step_up", "lock_account"):
             try:
                 self.users.revoke_tokens(subject, now=now)

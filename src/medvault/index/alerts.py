@@ -34,6 +34,7 @@ __all__ = [
     "AlertStore",
     "Hold",
     "NewAlert",
+    "check_handling",
     "held",
 ]
 
@@ -143,6 +144,18 @@ class Hold:
             "lifted_at": self.lifted_at.isoformat() if self.lifted_at else None,
             "lifted_by": self.lifted_by,
         }
+
+
+def check_handling(status: str, disposition: str | None, note: str | None) -> None:
+    """Refuse a handling of an alert that cannot be right, before anything is built from it."""
+    if status not in ("acknowledged", "resolved"):
+        raise InvalidInput("an alert is acknowledged or resolved")
+    if status == "resolved" and disposition not in DISPOSITIONS:
+        raise InvalidInput(f"a resolution needs a disposition: one of {', '.join(DISPOSITIONS)}")
+    if status == "acknowledged" and disposition is not None:
+        raise InvalidInput("acknowledging takes no disposition; resolve the alert to give one")
+    if note is not None and len(note) > 4000:
+        raise InvalidInput("the note is longer than 4,000 characters")
 
 
 class AlertStore:
@@ -283,9 +296,13 @@ class AlertStore:
             rows = conn.execute(select(a.alerts).where(col.is_(False)).order_by(a.alerts.c.id)).all()
         return [self._record(r) for r in rows]
 
-    def mark(self, alert_id: int, column: Literal["responded", "notified"]) -> None:
+    def mark(self, alert_ids: int | Sequence[int], column: Literal["responded", "notified"]) -> None:
+        """Set ``column`` on one alert or many (one transaction)."""
+        ids = [alert_ids] if isinstance(alert_ids, int) else list(alert_ids)
+        if not ids:
+            return
         with self._writer.begin() as conn:
-            conn.execute(update(a.alerts).where(a.alerts.c.id == alert_id).values({column: True}))
+            conn.execute(update(a.alerts).where(a.alerts.c.id.in_(ids)).values({column: True}))
 
     # -- officers --------------------------------------------------------------------------------
 
@@ -350,12 +367,7 @@ class AlertStore:
     ) -> AlertRecord:
         """Acknowledge (taken in hand) or resolve (with a disposition) an alert. A resolved alert
         stays resolved: a second resolution is a Conflict (the first one fed the monitor already)."""
-        if status == "resolved" and disposition not in DISPOSITIONS:
-            raise InvalidInput(f"a resolution needs a disposition: one of {', '.join(DISPOSITIONS)}")
-        if status == "acknowledged" and disposition is not None:
-            raise InvalidInput("acknowledging takes no disposition; resolve the alert to give one")
-        if note is not None and len(note) > 4000:
-            raise InvalidInput("the note is longer than 4,000 characters")
+        check_handling(status, disposition, note)
         with self._writer.begin() as conn:
             row = conn.execute(select(a.alerts).where(a.alerts.c.id == alert_id)).first()
             if row is None:
