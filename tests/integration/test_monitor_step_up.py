@@ -61,6 +61,10 @@ def test_a_step_up_hold_refuses_refresh_until_a_full_sign_in_lifts_it(tmp_path: 
                 "/auth/token", data={"grant_type": "refresh_token", "refresh_token": stepped.refresh_token}
             )
             assert refused.status_code == 401, refused.text
+            typo = client.post(
+                "/auth/token", data={"username": f" {NAME.upper()} ", "password": "not it", "otp": "1"}
+            )
+            assert typo.status_code == 401, typo.text
             signed_in = client.post(
                 "/auth/token",
                 data={
@@ -88,6 +92,13 @@ def test_a_step_up_hold_refuses_refresh_until_a_full_sign_in_lifts_it(tmp_path: 
         events = [parse_event(leaf) for leaf in opened.ledger.entries(0, opened.ledger.size)]
     finally:
         opened.close()
+    # the refused refresh is ledgered (the monitor sees replayed or held refresh tokens) ...
+    (refresh,) = [e for e in events if e.action == "auth.refresh"]
+    assert refresh.outcome.value == "denied" and refresh.actor.auth == "refresh_token"
+    # ... and a sign-in name is ledgered as the account it means, never as typed
+    typed, signed = [e for e in events if e.action == "auth.token"][-2:]  # after the burst's
+    assert (typed.outcome.value, signed.outcome.value) == ("denied", "success")
+    assert typed.actor.id == signed.actor.id == NAME
     (lift,) = [e for e in events if e.action == "monitor.lift.step_up"]
     assert lift.actor.kind is ActorKind.USER and lift.actor.id == NAME
     assert lift.details["hold_id"] == hold.id

@@ -26,7 +26,7 @@ from medvault.api.bodies import read_pairs
 from medvault.archive import Archive
 from medvault.errors import InvalidInput, MedvaultError
 from medvault.index.alerts import AlertStore
-from medvault.index.users import User, UserStore
+from medvault.index.users import User, UserStore, account_name
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, Outcome
 
 router = APIRouter(prefix="/auth")
@@ -62,7 +62,9 @@ def _token_answer(pair: TokenPair) -> JSONResponse:
     )
 
 
-def _login_event(request: Request, username: str, outcome: Outcome, reason: str | None) -> None:
+def _login_event(
+    request: Request, username: str, outcome: Outcome, reason: str | None, *, action: str = "auth.token"
+) -> None:
     archive: Archive = request.app.state.archive
     if archive.audit is None:
         return
@@ -72,11 +74,11 @@ def _login_event(request: Request, username: str, outcome: Outcome, reason: str 
             time=datetime.now(UTC),
             actor=Actor(
                 kind=ActorKind.USER,
-                id=username[:200] or "-",
+                id=account_name(username) or "-",
                 address=client_address(request),
-                auth="password+totp",
+                auth="refresh_token" if action == "auth.refresh" else "password+totp",
             ),
-            action="auth.token",
+            action=action,
             outcome=outcome,
             reason=reason,
         )
@@ -127,7 +129,11 @@ async def token(request: Request) -> Response:
         pair = await run_in_threadpool(_sign_in, request, fields)
     elif grant == "refresh_token":
         (refresh,) = _required(fields, "refresh_token")
-        pair = await run_in_threadpool(users.refresh, refresh, now=datetime.now(UTC))
+        try:
+            pair = await run_in_threadpool(users.refresh, refresh, now=datetime.now(UTC))
+        except MedvaultError as exc:  # replayed, expired, revoked or held: worth a look by the monitor
+            _login_event(request, "", Outcome.DENIED, exc.message, action="auth.refresh")
+            raise
     else:
         raise InvalidInput("grant_type must be password or refresh_token")
     return _token_answer(pair)

@@ -62,6 +62,12 @@ __all__ = [
 
 BREAK_GLASS_TTL: Final = timedelta(hours=4)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def account_name(typed: str) -> str:
+    """The account a typed sign-in name means: names are stored folded, at most 64 characters.
+    Used for the lookup and for what is ledgered, so the ledger never holds a name as typed."""
+    return typed.strip().casefold()[:64]
 _TABLES = [
     u.users,
     u.user_recovery_codes,
@@ -603,7 +609,7 @@ class UserStore:
         """Check password and second factor. :class:`BadCredentials` for every failure, whatever
         its cause; :class:`TooManyAttempts` while the account name or the client is locked."""
         now = _utc(now)
-        name = username.strip().casefold()[:64]
+        name = account_name(username)
         account_key, client_key = f"user:{name}", f"client:{client[:200]}"
         self._begin_attempt([account_key, client_key], now)
         with self.engine.connect() as conn:
@@ -641,6 +647,7 @@ class UserStore:
         and the second factor (TOTP or a recovery code, counted for lockout like a sign-in), applies
         the policy, and revokes all the user's tokens. A stolen password alone changes nothing."""
         now = _utc(now)
+        name = account_name(name)
         account_key, client_key = f"user:{name}", f"client:{client[:200]}"
         self._begin_attempt([account_key, client_key], now)
         with self.engine.connect() as conn:
