@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from medvault.audit import SYSTEM, LedgerAudit, outbox_for, publish
+from medvault.audit import SYSTEM, LedgerAudit, OutboxPublisher, outbox_for
 from medvault.crypto.envelope import decrypt_object_into, decrypt_range, encrypt_object_chunks
 from medvault.crypto.kek import KekProvider, new_data_key
 from medvault.dicom.dicomjson import level_attributes
@@ -129,6 +129,7 @@ class Archive:
         self._rotation_lock = threading.Lock()
         self._refresh_keys = refresh_keys
         self.audit = audit
+        self._publisher = None if audit is None else OutboxPublisher(audit.ledger, index)
         self._writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="medvault-writer")
 
     def close(self) -> None:
@@ -256,8 +257,8 @@ class Archive:
         return outbox_for(self.audit.ledger, events)
 
     def _publish(self, outbox: Outbox | None) -> None:
-        if self.audit is not None:  # the rows go with the next store's transaction
-            publish(self.audit.ledger, self.index, outbox, defer_cleanup=True)
+        if self._publisher is not None:  # the rows go with the next store's transaction
+            self._publisher.publish(outbox)
 
     def _failed(self, parsed: ParsedInstance, exc: MedvaultError) -> StoreOutcome:
         return StoreOutcome(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from medvault.ledger.events import (
 from medvault.ledger.store import Ledger
 
 audit_log = logging.getLogger("medvault.audit")
+error_log = logging.getLogger("medvault.errors")
 
 
 class LogDimseAudit:
@@ -64,6 +66,52 @@ def publish(ledger: Ledger, index: Index, outbox: Outbox | None, *, defer_cleanu
         index.outbox_published(outbox.ids)
     else:
         index.outbox_done(outbox.ids)
+
+
+class OutboxPublisher:
+    """Publishes the outboxes of one process's committed changes (the archive's writes).
+
+    A change is committed with its events in the outbox, so an append the ledger refuses (a full
+    disk, a locked file) loses nothing; but it must not fail a change that is already stored, nor
+    leave its events unpublished until a restart. Refused outboxes are kept and tried again, first,
+    with the next publish; only the leaves the ledger does not hold yet are appended then."""
+
+    def __init__(self, ledger: Ledger, index: Index) -> None:
+        self.ledger, self.index = ledger, index
+        self._lock = threading.Lock()
+        self._waiting: list[Outbox] = []
+
+    @property
+    def waiting(self) -> int:
+        """Events committed and not yet in the ledger because an append failed."""
+        with self._lock:
+            return sum(len(box.leaves) for box in self._waiting)
+
+    def publish(self, outbox: Outbox | None) -> None:
+        with self._lock:
+            retry, self._waiting = self._waiting, []
+        fresh = [outbox] if outbox is not None and outbox.leaves else []
+        pending = [*retry, *fresh]
+        for n, box in enumerate(pending):
+            try:
+                leaves = box.leaves if n >= len(retry) else self._missing(box)
+                if leaves:
+                    self.ledger.append_leaves(leaves)
+                self.index.outbox_published(box.ids)
+            except Exception as exc:  # whatever it was, the events wait in the outbox, durable
+                with self._lock:
+                    self._waiting[:0] = pending[n:]
+                error_log.error(
+                    "ledger append failed (%s): %d committed events wait in the outbox; tried again "
+                    "with the next change, at restart, or by medvault fsck",
+                    type(exc).__name__,
+                    sum(len(b.leaves) for b in pending[n:]),
+                )
+                return
+
+    def _missing(self, box: Outbox) -> list[bytes]:
+        present = self.ledger.present_leaves(box.leaves, start=box.after_size)
+        return [leaf for leaf in box.leaves if leaf not in present]
 
 
 class LedgerAudit:

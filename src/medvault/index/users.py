@@ -68,6 +68,8 @@ def account_name(typed: str) -> str:
     """The account a typed sign-in name means: names are stored folded, at most 64 characters.
     Used for the lookup and for what is ledgered, so the ledger never holds a name as typed."""
     return typed.strip().casefold()[:64]
+
+
 _TABLES = [
     u.users,
     u.user_recovery_codes,

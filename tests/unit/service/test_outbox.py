@@ -134,3 +134,45 @@ def test_owner_tags() -> None:
     ).stdout.strip()
     assert child != process_tag() and not owner_alive(child)  # it has exited
     assert not owner_alive("garbage") and not owner_alive("1:never")
+
+
+def test_an_append_the_ledger_refuses_is_tried_again_with_the_next_change(
+    archive: Archive, files: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transient ledger failure (a full disk) neither fails a stored instance nor leaves its
+    event unpublished until a restart: the next change publishes it first, once."""
+    assert archive.audit is not None
+    ledger = archive.audit.ledger
+    real = ledger.append_leaves
+
+    def refused(_leaves: object) -> list[int]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ledger, "append_leaves", refused)
+    assert [o.status for o in archive.store_batch(files[:1])] == ["stored"]
+    assert _store_events(archive) == [] and len(archive.index.outbox_rows()) == 1
+    assert archive._publisher is not None and archive._publisher.waiting == 1
+    monkeypatch.setattr(ledger, "append_leaves", real)
+    assert [o.status for o in archive.store_batch(files[1:])] == ["stored", "stored"]
+    assert len(_store_events(archive)) == 3 and archive._publisher.waiting == 0
+    archive.index.flush_published()
+    assert archive.index.outbox_rows() == []
+
+
+def test_a_retry_does_not_append_what_the_ledger_already_holds(
+    archive: Archive, files: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append committed and then failed (say, after its fsync): the retry adds nothing twice."""
+    assert archive.audit is not None
+    ledger = archive.audit.ledger
+    real = ledger.append_leaves
+
+    def committed_then_failed(leaves: list[bytes]) -> list[int]:
+        real(leaves)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(ledger, "append_leaves", committed_then_failed)
+    archive.store_batch(files[:1])
+    monkeypatch.setattr(ledger, "append_leaves", real)
+    archive.store_batch(files[1:])
+    assert len(_store_events(archive)) == 3
