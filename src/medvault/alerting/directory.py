@@ -23,8 +23,18 @@ from medvault.monitor import Directory, parse_directory
 PATIENT_TAG = "00100020"
 
 
+MAX_DIRECTORY_BYTES = 256 * 1024 * 1024
+"""A million patients with their teams is ~100 MB of JSON; more is a mistake, not a directory."""
+
+
 def read_directory_file(path: Path) -> dict[str, Any]:
     try:
+        size = path.stat().st_size
+        if size > MAX_DIRECTORY_BYTES:
+            raise DirectoryInvalid(
+                f"{path} is {size:,} bytes; a directory may be at most {MAX_DIRECTORY_BYTES:,} "
+                "(split it, or leave out what the monitor does not use)"
+            )
         raw = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM, as Windows tools write
     except FileNotFoundError:
         raise DirectoryInvalid(f"{path} does not exist") from None

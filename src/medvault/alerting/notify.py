@@ -179,7 +179,9 @@ class Notifier:
         try:
             # medvault's TLS policy (1.2+, host name checked) trusting the site's CA, if given
             verify: ssl.SSLContext | bool = client_ssl_context(ca) if ca else True
-            answer = httpx.post(
+            # streamed and never read: only the status matters, whatever the receiver sends back
+            with httpx.stream(
+                "POST",
                 self.settings.webhook_url,
                 content=body,
                 headers={
@@ -190,12 +192,13 @@ class Notifier:
                 verify=verify,
                 timeout=self.timeout,
                 follow_redirects=False,
-            )
+            ) as answer:
+                status = answer.status_code
         except (httpx.HTTPError, MedvaultError) as exc:
             log.warning("alert %d: webhook delivery failed: %s", alert.id, type(exc).__name__)
             return False
-        if answer.status_code >= 300:
-            log.warning("alert %d: webhook answered %d", alert.id, answer.status_code)
+        if status >= 300:
+            log.warning("alert %d: webhook answered %d", alert.id, status)
             return False
         return True
 

@@ -157,3 +157,15 @@ def test_a_directory_written_with_a_byte_order_mark_is_read(tmp_path: Path) -> N
     path = tmp_path / "excel.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(_doc()).encode())
     assert read_directory_file(path)["users"][0]["user"] == "dr-ana"
+
+
+def test_a_directory_larger_than_the_limit_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvault.alerting.directory as directory
+
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(_doc()))
+    monkeypatch.setattr(directory, "MAX_DIRECTORY_BYTES", path.stat().st_size - 1)
+    with pytest.raises(DirectoryInvalid, match="may be at most"):
+        read_directory_file(path)
