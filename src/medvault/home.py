@@ -58,7 +58,7 @@ KEYRING_FILE = "keyring.sealed"
 ADMIN_USER = "admin"
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -97,9 +97,9 @@ def init_home(
     ca_cert, ca_key = create_ca("medvault local CA")
     cert, key = issue_server_certificate(ca_cert, ca_key, hostnames=names, ip_addresses=ips)
     (root / "tls" / "ca.crt").write_bytes(ca_cert)
-    _write_private(root / "tls" / "ca.key", encrypt_private_key(ca_key, keyring.tls_secret))
+    write_private(root / "tls" / "ca.key", encrypt_private_key(ca_key, keyring.tls_secret))
     (root / "tls" / "server.crt").write_bytes(cert)
-    _write_private(root / "tls" / "server.key", encrypt_private_key(key, keyring.tls_secret))
+    write_private(root / "tls" / "server.key", encrypt_private_key(key, keyring.tls_secret))
     origin = f"{(names[1] if len(names) > 1 else names[0])}/medvault/ledger"
     (root / CONFIG_FILE).write_text(DEFAULT_CONFIG_TEXT.replace("{origin}", origin), encoding="utf-8")
 
@@ -149,7 +149,7 @@ def renew_server_certificate(opened: OpenHome, *, now: datetime | None = None) -
     )
     for path, data in ((key_path, encrypt_private_key(key, secret)), (cert_path, cert)):
         tmp = path.with_name(path.name + ".new")
-        _write_private(tmp, data)
+        write_private(tmp, data)
         os.replace(tmp, path)
     return certificate_expiry(cert)
 

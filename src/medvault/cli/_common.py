@@ -19,7 +19,7 @@ from medvault.access.totp import Enrolment
 from medvault.config import Settings
 from medvault.crypto.tls import certificate_expiry
 from medvault.errors import ConfigError
-from medvault.home import CERT_WARNING_DAYS, OpenHome, open_home
+from medvault.home import CERT_WARNING_DAYS, OpenHome, open_home, write_private
 from medvault.index.users import NewUser
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
 
@@ -77,9 +77,7 @@ def show_enrolment(enrolment: Enrolment, home: Path, name: str) -> None:
     print(enrolment.qr_text)
     out.print(f"  or enter: {enrolment.uri}", highlight=False, soft_wrap=True)
     qr = home / "logs" / f"totp-{name}.png"
-    fd = os.open(qr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(enrolment.qr_png)
+    write_private(qr, enrolment.qr_png)
     out.print(f"  QR code image: {qr} (delete it after enrolling)")
     out.print("  recovery codes (each works once; keep them offline):")
     for code in enrolment.recovery_codes:
@@ -113,10 +111,11 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def record_change(opened: OpenHome, kind: EventKind, action: str, obj_type: str, obj_id: str) -> None:
-    """Ledger a change made from the command line (durable before the command reports success).
-    The actor is the operating-system account that held the home's passphrase."""
-    opened.ledger.append(
+def record_change(opened: OpenHome, kind: EventKind, action: str, obj_type: str, obj_id: str) -> int:
+    """Ledger a change made from the command line (durable before the command reports success);
+    returns its ledger index. The actor is the operating-system account that held the home's
+    passphrase."""
+    return opened.ledger.append(
         AuditEvent(
             kind=kind,
             time=datetime.now(UTC),

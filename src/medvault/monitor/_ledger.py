@@ -71,6 +71,7 @@ _FROM_ACTION: dict[str, Action] = {
     "deid.read": A.RETRIEVE_DEID,
     "deid.reid-map.read": A.RETRIEVE,  # re-identification: identified data
     "ledger.export": A.AUDIT_QUERY,
+    "compliance.report": A.REPORT,  # the safeguards report (it reads the whole trail)
     "ledger.read": A.AUDIT_QUERY,
     "alerts.read": A.AUDIT_QUERY,
     "breakglass.review": A.AUDIT_QUERY,
