@@ -13,6 +13,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault nodes …                                   cli/nodes.py
     medvault ledger …                                  cli/ledger.py
     medvault report …                                  cli/report.py
+    medvault patient …                                 cli/patient.py
     medvault tls …                                     cli/tls.py
     medvault monitor …                                 cli/monitor.py
     medvault alerts …                                  cli/alerts.py
@@ -36,6 +37,7 @@ from medvault.cli import (
     ledger,
     monitor,
     nodes,
+    patient,
     report,
     research,
     tls,
@@ -75,6 +77,7 @@ app.add_typer(apikeys.app, name="apikeys")
 app.add_typer(nodes.app, name="nodes")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(report.app, name="report")
+app.add_typer(patient.app, name="patient")
 app.add_typer(tls.app, name="tls")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")

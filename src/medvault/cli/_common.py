@@ -111,6 +111,11 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+def cli_actor() -> Actor:
+    """Who acts from the command line: the operating-system account that held the passphrase."""
+    return Actor(kind=ActorKind.USER, id=f"cli:{getpass.getuser()}", auth="home-passphrase")
+
+
 def record_change(opened: OpenHome, kind: EventKind, action: str, obj_type: str, obj_id: str) -> int:
     """Ledger a change made from the command line (durable before the command reports success);
     returns its ledger index. The actor is the operating-system account that held the home's
@@ -119,7 +124,7 @@ def record_change(opened: OpenHome, kind: EventKind, action: str, obj_type: str,
         AuditEvent(
             kind=kind,
             time=datetime.now(UTC),
-            actor=Actor(kind=ActorKind.USER, id=f"cli:{getpass.getuser()}", auth="home-passphrase"),
+            actor=cli_actor(),
             action=action,
             outcome=Outcome.SUCCESS,
             object=ObjectRef(type=obj_type, id=obj_id),
@@ -142,7 +147,3 @@ def user_action(
         out.print(message, highlight=False)
     finally:
         opened.close()
-
-
-def cli_actor() -> Actor:
-    return Actor(kind=ActorKind.USER, id=f"cli:{getpass.getuser()}", auth="home-passphrase")
