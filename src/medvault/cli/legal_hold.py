@@ -58,6 +58,7 @@ def hold_place(
         f"legal hold #{hold.id} placed on {escape(_what(hold))}; it covers {covered} stored "
         "stud" + ("y" if covered == 1 else "ies") + " now",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -110,4 +111,4 @@ def hold_lift(
         hold = lift_legal_hold(opened.archive, hold_id, actor=cli_actor(), reason=reason)
     finally:
         opened.close()
-    out.print(f"legal hold #{hold.id} on {escape(_what(hold))} lifted", highlight=False)
+    out.print(f"legal hold #{hold.id} on {escape(_what(hold))} lifted", highlight=False, soft_wrap=True)

@@ -97,7 +97,7 @@ def _print_report(report: RunReport) -> None:
         f"{len(report.expired)} {verb} ({report.instances_deleted} instances crypto-shredded), "
         f"{len(report.held)} held, {len(report.undetermined)} undetermined, {report.kept} kept"
     )
-    out.print(summary, highlight=False)
+    out.print(summary, highlight=False, soft_wrap=True)
     if report.dry_run:
         out.print("Nothing was changed (the dry run itself is ledgered).", highlight=False)
 
