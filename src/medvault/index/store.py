@@ -37,7 +37,7 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
 from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
-from medvault.errors import Conflict, StudyMismatch
+from medvault.errors import Conflict, NotFound, StudyMismatch
 from medvault.index import alerts_schema as _holds  # noqa: F401 - its tables are created with the index's
 from medvault.index import compliance_schema as _compliance  # noqa: F401 - legal holds, tombstones
 from medvault.index import schema as t
@@ -409,9 +409,12 @@ class Index:
             with self._writer.begin() as conn:
                 if check is not None:
                     check(conn)
+                deleted = 0
                 for start in range(0, len(ids), _SCAN_BATCH):
                     chunk = ids[start : start + _SCAN_BATCH]
-                    conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk)))
+                    deleted += conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk))).rowcount
+                if deleted != len(ids):  # another process deleted some first: it ledgered them
+                    raise NotFound("deleted meanwhile by another request; nothing was deleted by this one")
                 conn.execute(
                     delete(t.series).where(~exists().where(t.instances.c.series_id == t.series.c.id))
                 )
