@@ -34,6 +34,7 @@ from medvault.errors import (
     StudyMismatch,
     TooLarge,
 )
+from medvault.index.legal_holds import LegalHoldActive, LegalHoldStore
 from medvault.index.outbox import Outbox
 from medvault.index.store import Hit, Index, InstanceRecord, Level, NewInstance, StudyFacts
 from medvault.ledger.events import Actor, AuditEvent, EventKind, ObjectRef, Outcome
@@ -130,6 +131,7 @@ class Archive:
         self._refresh_keys = refresh_keys
         self.audit = audit
         self._publisher = None if audit is None else OutboxPublisher(audit.ledger, index)
+        self.legal_holds = LegalHoldStore(index)
         self._writer = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="medvault-writer")
 
     def close(self) -> None:
@@ -401,29 +403,73 @@ class Archive:
         sop_uid: str | None = None,
         *,
         actor: Actor | None = None,
+        cause: Literal["delete", "retention"] = "delete",
+        rule: str | None = None,
     ) -> int:
         """Delete and crypto-shred: the wrapped data keys go with the index rows, then the objects.
-        The ledger records each deleted instance (durably) before this returns."""
+        The ledger records each deleted instance (durably) before this returns.
+
+        The one delete path (DICOMweb DELETE, retention's expiry): a legal hold on the study, its
+        patient or a query it matches refuses it (:class:`LegalHoldActive`, ledgered as denied),
+        checked inside the delete's own transaction. A study deleted whole leaves a tombstone."""
         records = self.instances(study_uid, series_uid, sop_uid)
-        facts = self.index.study_facts(study_uid=study_uid)
-        patient = next(iter(facts.values())).patient if facts else None
+        found = self.index.study_facts(study_uid=study_uid)
+        facts = next(iter(found.values())) if found else None
+        patient = facts.patient if facts is not None else None
+        who = actor or SYSTEM
+        action = "retention.expire" if cause == "retention" else "study.delete"
         now = datetime.now(UTC)
+        extra: dict[str, str | int] = {"rule": rule} if rule else {}
         outbox = self._outbox(
             [
                 AuditEvent(
                     kind=EventKind.DELETE,
                     time=now,
-                    actor=actor or SYSTEM,
-                    action="study.delete",
+                    actor=who,
+                    action=action,
                     outcome=Outcome.SUCCESS,
                     object=ObjectRef(type="instance", id=r.sop_uid),
                     patient=patient,
-                    details={"sha256": r.sha256.hex(), "study_uid": r.study_uid, "crypto_shredded": 1},
+                    details={
+                        "sha256": r.sha256.hex(),
+                        "study_uid": r.study_uid,
+                        "crypto_shredded": 1,
+                        **extra,
+                    },
                 )
                 for r in records
             ]
         )
-        for blob_key in self.index.delete_instances(records, outbox=outbox):
+        whole = series_uid is None and sop_uid is None
+
+        def check(conn: Any) -> None:
+            if facts is None:
+                return
+            self.legal_holds.refuse_if_held(facts)
+            if whole:
+                self.legal_holds.tombstone(
+                    conn, facts, by=who.id, cause=cause, rule=rule, instances=len(records), now=now
+                )
+
+        try:
+            blob_keys = self.index.delete_instances(records, outbox=outbox, check=check)
+        except LegalHoldActive as refused:
+            if self.audit is not None:
+                self.audit.emit(
+                    AuditEvent(
+                        kind=EventKind.DELETE,
+                        time=now,
+                        actor=who,
+                        action=action,
+                        outcome=Outcome.DENIED,
+                        object=ObjectRef(type="study", id=study_uid),
+                        patient=patient,
+                        reason="under legal hold",
+                        details={"legal_holds": ",".join(str(i) for i in refused.hold_ids), **extra},
+                    )
+                )
+            raise
+        for blob_key in blob_keys:
             self.blobs.delete(blob_key)
         self._publish(outbox)
         return len(records)

@@ -118,6 +118,93 @@ class MonitorSettings:
     webhook_ca: str = ""  # CA of the webhook's server, if not a public one
 
 
+#: The keys of one ``[[retention.rules]]`` entry (docs/compliance.md).
+RULE_KEYS = (
+    "name",
+    "modality",
+    "department",
+    "min_age_years",
+    "max_age_years",
+    "keep_years",
+    "keep_until_patient_age",
+)
+_RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionRule:
+    """How long studies must be kept: those matching every criterion given (modality in the study,
+    department, the patient's age in whole years at the study, ``min``/``max`` inclusive) are kept
+    ``keep_years`` after the study date and/or until the patient is ``keep_until_patient_age``
+    (the later of the two). Matching is done by medvault.compliance.retention."""
+
+    name: str
+    modality: str = ""  # "" matches any
+    department: str = ""  # InstitutionalDepartmentName; "" matches any
+    min_age_years: int | None = None
+    max_age_years: int | None = None
+    keep_years: int | None = None
+    keep_until_patient_age: int | None = None
+
+    def to_toml(self) -> dict[str, str | int]:
+        return {k: v for k in RULE_KEYS if (v := getattr(self, k)) not in (None, "")}
+
+
+def parse_rules(raw: object, where: str = "[retention] rules") -> tuple[RetentionRule, ...]:
+    """Retention rules from TOML (or JSON) data; a :class:`ConfigError` naming the rule and key."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where} must be a list of tables (use [[retention.rules]])")
+    rules: list[RetentionRule] = []
+    for n, entry in enumerate(raw):
+        at = f"{where}[{n}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{at} must be a table with name, criteria and keep_years / keep_until_patient_age"
+            )
+        name = entry.get("name")
+        if not isinstance(name, str) or not _RULE_NAME.match(name):
+            raise ConfigError(
+                f"{at} name must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+            )
+        at = f'{at} ("{name}")'
+        values: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key not in RULE_KEYS:
+                raise ConfigError(f"{at}: unknown key {key}", hint=f"Known keys: {', '.join(RULE_KEYS)}.")
+            if key in ("modality", "department"):
+                if not isinstance(value, str) or len(value) > 64 or not value.isprintable():
+                    raise ConfigError(f"{at}: {key} must be a string of at most 64 characters")
+                value = value.strip().upper() if key == "modality" else value.strip()
+            elif key != "name":
+                low = 1 if key.startswith("keep") else 0
+                if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 200:
+                    raise ConfigError(f"{at}: {key} must be a whole number of years from {low} to 200")
+            values[key] = value
+        rule = RetentionRule(**values)
+        if rule.keep_years is None and rule.keep_until_patient_age is None:
+            raise ConfigError(f"{at}: give keep_years or keep_until_patient_age (how long to keep)")
+        if (
+            rule.min_age_years is not None
+            and rule.max_age_years is not None
+            and rule.min_age_years > rule.max_age_years
+        ):
+            raise ConfigError(f"{at}: min_age_years is greater than max_age_years")
+        if any(r.name == rule.name for r in rules):
+            raise ConfigError(f"{at}: another rule has the same name")
+        rules.append(rule)
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Retention (docs/compliance.md): ``serve`` applies the rules every ``schedule_seconds``
+    while ``enabled``. Without rules nothing is ever deleted: a study no rule matches is kept."""
+
+    enabled: bool = True
+    schedule_seconds: int = 86400
+    rules: tuple[RetentionRule, ...] = ()
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -129,6 +216,7 @@ class Settings:
     oidc: OidcSettings = field(default_factory=OidcSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -141,6 +229,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "oidc": OidcSettings,
     "access": AccessSettings,
     "monitor": MonitorSettings,
+    "retention": RetentionSettings,
 }
 
 
@@ -153,7 +242,9 @@ def _build(section: str, cls: type[Any], raw: dict[str, Any]) -> Any:
                 f"unknown setting [{section}] {key}", hint=f"Known settings: {', '.join(sorted(known))}."
             )
         default = getattr(cls(), key)
-        if isinstance(default, tuple):
+        if cls is RetentionSettings and key == "rules":
+            value = parse_rules(value)
+        elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"[{section}] {key} must be a list of strings")
             value = tuple(value)
@@ -199,6 +290,8 @@ def _settings_from(text: str, path: Path) -> Settings:
     settings = Settings(**parts)
     if settings.server.port == 0 or settings.server.port > 65535:
         raise ConfigError("[server] port must be between 1 and 65535")
+    if settings.retention.schedule_seconds < 60:
+        raise ConfigError("[retention] schedule_seconds must be at least 60")
     return settings
 
 
@@ -268,6 +361,12 @@ syslog_ca = ""
 webhook_url = ""            # alerts as signed JSON POSTs (HMAC-SHA256 in X-Medvault-Signature)
 webhook_secret_env = ""     # the environment variable holding the webhook secret
 webhook_ca = ""
+
+[retention]                 # how long studies must be kept (docs/compliance.md); no rule: kept forever
+enabled = true              # serve applies the rules on a schedule (with no rules it deletes nothing)
+schedule_seconds = 86400    # how often
+rules = []                  # e.g. [{ name = "ct-10y", modality = "CT", keep_years = 10 },
+                            #       { name = "paediatric", max_age_years = 17, keep_until_patient_age = 25 }]
 """
 
 

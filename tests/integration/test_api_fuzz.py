@@ -48,7 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _role_for(path: str) -> str:
-    if path.startswith(("/ledger", "/api/alerts", "/api/holds")):
+    if path.startswith(("/ledger", "/api/alerts", "/api/holds", "/api/legal-holds")):
         return "auditor"
     if path == "/metrics":
         return "monitoring"

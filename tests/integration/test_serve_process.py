@@ -179,7 +179,7 @@ def test_the_passphrase_is_stretched_once_for_every_worker_and_restart(home: Hom
     try:
         deadline = time.monotonic() + 30
         https, dimse = set(), set()
-        while not (https and dimse and len(_children(process.pid)) == 4):  # 2 HTTP, DIMSE, monitor
+        while not (https and dimse and len(_children(process.pid)) == 5):  # 2 HTTP, DIMSE, monitor, retention
             assert process.poll() is None and time.monotonic() < deadline
             https, dimse = _listening_inodes(port), _listening_inodes(dimse_port)
             time.sleep(0.1)

@@ -22,8 +22,8 @@ CORE: dict[str, set[str]] = {
     "index": {"crypto", "dicom", "access"},
     "monitor": {"ledger"},
 }
-#: The service layer (archive and the modules around it, and the online monitor's worker, alerting/):
-#: core and each other, never a protocol.
+#: The service layer (archive and the modules around it, the online monitor's worker, alerting/, and
+#: compliance/ over archive, ledger and index): core and each other, never a protocol.
 SERVICE = {
     "archive",
     "audit",

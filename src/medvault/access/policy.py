@@ -82,21 +82,27 @@ class Action(StrEnum):
     KEYS_MANAGE = "keys.manage"
     NODES_MANAGE = "nodes.manage"
     CONFIG_MANAGE = "config.manage"
+    RETENTION_MANAGE = "retention.manage"  # change retention rules, run retention (crypto-shredding)
+    LEGALHOLD_MANAGE = "legalhold.manage"  # place and lift legal holds (they block every deletion)
 
 
 A = Action
 ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
     # Runs the system; sees no images by default (give a clinical role too, or override).
-    "admin": frozenset({A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE}),
+    "admin": frozenset({A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE, A.RETENTION_MANAGE}),
     "radiologist": frozenset({A.STUDY_READ, A.STUDY_STORE, A.BREAKGLASS_USE}),
     "technologist": frozenset({A.STUDY_READ, A.STUDY_STORE}),
     "referring_physician": frozenset({A.STUDY_READ, A.BREAKGLASS_USE}),
     "researcher": frozenset({A.DEID_READ, A.DEID_EXPORT}),  # never PHI
     # The security / privacy officer: the ledger, alerts and their handling, break-glass review.
-    "auditor": frozenset({A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW}),  # no images
+    "auditor": frozenset(
+        {A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW, A.LEGALHOLD_MANAGE}
+    ),  # no images
     "service": frozenset({A.STUDY_STORE}),  # modalities, other PACS
     # Records management / QC: the only built-in role that deletes (crypto-shredding).
-    "archivist": frozenset({A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE}),
+    "archivist": frozenset(
+        {A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE, A.RETENTION_MANAGE, A.LEGALHOLD_MANAGE}
+    ),
     "viewer": frozenset({A.STUDY_READ}),  # API keys for viewers and scripts (read only)
     "monitoring": frozenset({A.METRICS_READ}),  # a Prometheus scraper's API key
     # DICOM nodes: each registered permission is a role (medvault.dimse.server.node_principal).

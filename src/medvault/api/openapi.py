@@ -98,6 +98,39 @@ EXPORT: dict[str, Any] = {
     }
 }
 
+_RULE = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+        "modality": {"type": "string", "maxLength": 64},
+        "department": {"type": "string", "maxLength": 64},
+        **{
+            key: {"type": "integer", "minimum": 0, "maximum": 200}
+            for key in ("min_age_years", "max_age_years", "keep_years", "keep_until_patient_age")
+        },
+    },
+}
+RETENTION_RULES: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["rules"],
+                    "additionalProperties": False,
+                    "properties": {"rules": {"type": "array", "items": _RULE}},
+                }
+            }
+        },
+    }
+}
+RETENTION_RUN = form_body({"dry_run": {"type": "string", "enum": ["true", "false"]}})
+LEGAL_HOLD = form_body(fields("patient_id", "study_uid", "query", "reason"), ["reason"])
+LIFT_LEGAL_HOLD = form_body(fields("reason"), ["reason"])
+
 
 def document(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document, limited to medvault's own API, with bearer authentication."""

@@ -83,6 +83,7 @@ def _uvicorn_config(opened: OpenHome, listeners: Listeners) -> uvicorn.Config:
 
     application.state.export_source = ExportSource.of(opened)
     application.state.listeners = listeners  # what /healthz reports
+    application.state.home_root = opened.root  # /api/retention reads and writes [retention] there
     # proxy_headers off: X-Forwarded-For must not let a client choose the address that lockout,
     # the ledger and the audit trail record.
     common: dict[str, Any] = {
@@ -290,6 +291,35 @@ def _monitor_worker(root: Path, keyring: KeyringFile) -> None:
         opened.close()
 
 
+def _start_retention(opened: OpenHome) -> tuple[threading.Thread, threading.Event] | None:
+    """The scheduled retention job (medvault.compliance.scheduler) as a thread, if enabled."""
+    if not opened.settings.retention.enabled:
+        return None
+    from medvault.compliance.scheduler import RetentionJob
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=RetentionJob(opened).run, args=(stop,), name="medvault-retention", daemon=True
+    )
+    thread.start()
+    return thread, stop
+
+
+def _retention_worker(root: Path, keyring: KeyringFile) -> None:
+    """A process of its own for the scheduled retention job (one per server)."""
+    setup_logging(root)
+    opened = open_home(root, keyring)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        from medvault.compliance.scheduler import RetentionJob
+
+        RetentionJob(opened).run(stop)
+    finally:
+        opened.close()
+
+
 def _dimse_worker(root: Path, keyring: KeyringFile, listeners: Listeners) -> None:
     """A process of its own for the DIMSE listener, next to the HTTP workers."""
     setup_logging(root)
@@ -413,11 +443,13 @@ def serve(
         dimse = _start_dimse(opened)
         listeners.set("dimse", "up" if dimse is not None else "off")
         monitor = _start_monitor(opened)
+        retention = _start_retention(opened)
         checkpoints = _checkpointer(opened)
         try:
             uvicorn.Server(_uvicorn_config(opened, listeners)).run(sockets=[sock])
         finally:
             checkpoints.set()
+            _stop_monitor(retention)
             _stop_monitor(monitor)
             if dimse is not None:
                 dimse.shutdown()
@@ -440,6 +472,9 @@ def serve(
                 elif role == "monitor":
                     sock.close()
                     _monitor_worker(root, keyring)
+                elif role == "retention":
+                    sock.close()
+                    _retention_worker(root, keyring)
                 else:
                     _worker(root, keyring, sock, listeners)
             except BaseException as exc:  # the child must never return into the parent's code
@@ -469,6 +504,8 @@ def serve(
         spawn("dimse")
     if settings.monitor.enabled:
         spawn("monitor")
+    if settings.retention.enabled:
+        spawn("retention")
     log.info("serving with %d worker processes", workers)
     while children:
         try:

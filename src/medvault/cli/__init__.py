@@ -17,6 +17,8 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault tls …                                     cli/tls.py
     medvault monitor …                                 cli/monitor.py
     medvault alerts …                                  cli/alerts.py
+    medvault retention …                               cli/retention.py
+    medvault legal-hold …                              cli/legal_hold.py
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from medvault.cli import (
     importing,
     keys,
     ledger,
+    legal_hold,
     monitor,
     nodes,
     patient,
     report,
     research,
+    retention,
     tls,
     users,
 )
@@ -81,6 +85,8 @@ app.add_typer(patient.app, name="patient")
 app.add_typer(tls.app, name="tls")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(retention.app, name="retention")
+app.add_typer(legal_hold.app, name="legal-hold")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

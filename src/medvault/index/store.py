@@ -37,8 +37,9 @@ from sqlalchemy.sql.elements import BindParameter, ColumnElement
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import WrappedKey
 from medvault.dicom.matching import Criterion, MatchKind, normalize_for_exact
-from medvault.errors import Conflict, StudyMismatch
+from medvault.errors import Conflict, NotFound, StudyMismatch
 from medvault.index import alerts_schema as _holds  # noqa: F401 - its tables are created with the index's
+from medvault.index import compliance_schema as _compliance  # noqa: F401 - legal holds, tombstones
 from medvault.index import schema as t
 from medvault.index.outbox import Outbox, OutboxRow, write_outbox
 
@@ -387,12 +388,18 @@ class Index:
             self._delete_published(conn)
 
     def delete_instances(
-        self, records: Iterable[InstanceRecord], *, outbox: Outbox | None = None
+        self,
+        records: Iterable[InstanceRecord],
+        *,
+        outbox: Outbox | None = None,
+        check: Callable[[Any], None] | None = None,
     ) -> list[str]:
         """Delete instance rows (and with them their wrapped data keys); drop emptied series/studies.
 
         Returns the blob keys to remove from storage. After the commit the WAL is checkpointed and
         truncated so the destroyed keys leave the -wal file too. ``outbox`` as for ``add_instances``.
+        ``check(conn)`` runs first inside the write transaction (holding the database's write lock,
+        so what it reads cannot change before the delete commits); if it raises, nothing is deleted.
         """
         ids = [r.id for r in records]
         blob_keys = [r.blob_key for r in records]
@@ -400,9 +407,14 @@ class Index:
             return []
         with self._write_lock:
             with self._writer.begin() as conn:
+                if check is not None:
+                    check(conn)
+                deleted = 0
                 for start in range(0, len(ids), _SCAN_BATCH):
                     chunk = ids[start : start + _SCAN_BATCH]
-                    conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk)))
+                    deleted += conn.execute(delete(t.instances).where(t.instances.c.id.in_(chunk))).rowcount
+                if deleted != len(ids):  # another process deleted some first: it ledgered them
+                    raise NotFound("deleted meanwhile by another request; nothing was deleted by this one")
                 conn.execute(
                     delete(t.series).where(~exists().where(t.instances.c.series_id == t.series.c.id))
                 )

@@ -36,14 +36,14 @@ A = Action
 
 # The documented matrix: every (role, action) pair is listed; anything not here is denied.
 EXPECTED: dict[str, set[Action]] = {
-    "admin": {A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE},
+    "admin": {A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE, A.RETENTION_MANAGE},
     "radiologist": {A.STUDY_READ, A.STUDY_STORE, A.BREAKGLASS_USE},
     "technologist": {A.STUDY_READ, A.STUDY_STORE},
     "referring_physician": {A.STUDY_READ, A.BREAKGLASS_USE},
     "researcher": {A.DEID_READ, A.DEID_EXPORT},
-    "auditor": {A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW},
+    "auditor": {A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW, A.LEGALHOLD_MANAGE},
     "service": {A.STUDY_STORE},
-    "archivist": {A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE},
+    "archivist": {A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE, A.RETENTION_MANAGE, A.LEGALHOLD_MANAGE},
     "viewer": {A.STUDY_READ},
     "monitoring": {A.METRICS_READ},
 }
