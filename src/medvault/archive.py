@@ -403,8 +403,9 @@ class Archive:
         sop_uid: str | None = None,
         *,
         actor: Actor | None = None,
-        cause: Literal["delete", "retention"] = "delete",
+        cause: Literal["delete", "retention", "erasure"] = "delete",
         rule: str | None = None,
+        request: int | None = None,
     ) -> int:
         """Delete and crypto-shred: the wrapped data keys go with the index rows, then the objects.
         The ledger records each deleted instance (durably) before this returns.
@@ -417,9 +418,11 @@ class Archive:
         facts = next(iter(found.values())) if found else None
         patient = facts.patient if facts is not None else None
         who = actor or SYSTEM
-        action = "retention.expire" if cause == "retention" else "study.delete"
+        action = {"retention": "retention.expire", "erasure": "patient.erasure"}.get(cause, "study.delete")
         now = datetime.now(UTC)
         extra: dict[str, str | int] = {"rule": rule} if rule else {}
+        if request is not None:
+            extra["erasure_request"] = request
         outbox = self._outbox(
             [
                 AuditEvent(

@@ -256,7 +256,7 @@ class LegalHoldStore:
         facts: StudyFacts,
         *,
         by: str,
-        cause: Literal["retention", "delete"],
+        cause: Literal["retention", "delete", "erasure"],
         rule: str | None,
         instances: int,
         now: datetime,
