@@ -48,7 +48,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def _role_for(path: str) -> str:
-    if path.startswith(("/ledger", "/api/alerts", "/api/holds", "/api/legal-holds")):
+    if path.startswith(
+        ("/ledger", "/api/alerts", "/api/holds", "/api/legal-holds", "/api/erasure", "/api/patients")
+    ):
         return "auditor"
     if path == "/metrics":
         return "monitoring"

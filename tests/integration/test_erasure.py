@@ -26,7 +26,8 @@ from medvault.ledger.events import Actor, ActorKind, EventKind, Outcome, parse_e
 from medvault.ledger.merkle import leaf_hash, verify_inclusion
 from medvault.ledger.note import parse_and_verify
 from medvault.sample import generate_study
-from tests.conftest import PASSPHRASE, Home
+from tests.conftest import PASSPHRASE, Home, start_server
+from tests.integration.test_access_routes import anonymous
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +225,59 @@ def test_bad_requests_say_what_is_wrong(world: tuple[Home, list[str], dict[str, 
         opened.close()
     early = home.cli("patient", "erasure", "certificate", "1", "--out", "/dev/null", check=False)
     assert early.returncode == 1 and "needs it executed" in early.stderr
+
+
+def test_the_same_flow_over_https_with_two_officers(world: tuple[Home, list[str], dict[str, bytes]]) -> None:
+    """/api/patients/access and /api/erasure-requests: patient.rights only, the patient's ID in
+    bodies only, four eyes by the signed-in subjects."""
+    import io
+    import zipfile
+
+    home, studies, _ = world
+    opened = opened_home(home)
+    try:
+        first = opened.api_keys.create("officer-a", role="auditor")
+        second = opened.api_keys.create("officer-b", role="archivist")
+        viewer = opened.api_keys.create("a-viewer", role="viewer")
+    finally:
+        opened.close()
+    server = start_server(home)
+    try:
+        with server.client(first) as a, server.client(second) as b, server.client(viewer) as v:
+            assert v.post("/api/erasure-requests", data={"patient_id": "EE-1"}).status_code == 403
+            with anonymous(server) as anon:
+                assert (
+                    anon.post(
+                        "/api/patients/access", data={"patient_id": "EE-1", "reference": "R"}
+                    ).status_code
+                    == 401
+                )
+            bundle = a.post("/api/patients/access", data={"patient_id": "EE-1", "reference": "DSAR-1"})
+            assert bundle.status_code == 200, bundle.text
+            assert bundle.headers["content-type"] == "application/zip"
+            with zipfile.ZipFile(io.BytesIO(bundle.content)) as zf:
+                assert sum(n.endswith(".dcm") for n in zf.namelist()) == 3
+            missing = a.post("/api/erasure-requests", data={"patient_id": "EE-1", "reference": "E1"})
+            assert missing.status_code == 400 and "grounds is required" in missing.text
+            made = a.post(
+                "/api/erasure-requests",
+                data={"patient_id": "EE-1", "reference": "E1", "grounds": "Art. 17(1)(a)"},
+            )
+            assert made.status_code == 201, made.text
+            number = made.json()["id"]
+            own = a.post(f"/api/erasure-requests/{number}/approve")
+            assert own.status_code == 403 and "second person" in own.text
+            assert b.post(f"/api/erasure-requests/{number}/approve").json()["approved_by"] == "officer-b"
+            assert a.get(f"/api/erasure-requests/{number}/certificate").status_code == 409
+            done = a.post(f"/api/erasure-requests/{number}/execute")
+            assert done.status_code == 200, done.text
+            assert done.json()["body"]["erased_studies"] == studies
+            listed = b.get("/api/erasure-requests").json()["erasure_requests"]
+            assert [r["state"] for r in listed] == ["executed"]
+            assert (
+                a.get(f"/api/erasure-requests/{number}/certificate").json()["sha256"] == done.json()["sha256"]
+            )
+            gone = b.post("/api/patients/access", data={"patient_id": "EE-1", "reference": "DSAR-2"})
+            assert gone.status_code == 404
+    finally:
+        server.stop()

@@ -84,6 +84,7 @@ class Action(StrEnum):
     CONFIG_MANAGE = "config.manage"
     RETENTION_MANAGE = "retention.manage"  # change retention rules, run retention (crypto-shredding)
     LEGALHOLD_MANAGE = "legalhold.manage"  # place and lift legal holds (they block every deletion)
+    PATIENT_RIGHTS = "patient.rights"  # a patient's access bundle; erasure requests (four eyes)
 
 
 A = Action
@@ -96,12 +97,26 @@ ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
     "researcher": frozenset({A.DEID_READ, A.DEID_EXPORT}),  # never PHI
     # The security / privacy officer: the ledger, alerts and their handling, break-glass review.
     "auditor": frozenset(
-        {A.LEDGER_READ, A.ALERTS_READ, A.ALERTS_MANAGE, A.BREAKGLASS_REVIEW, A.LEGALHOLD_MANAGE}
+        {
+            A.LEDGER_READ,
+            A.ALERTS_READ,
+            A.ALERTS_MANAGE,
+            A.BREAKGLASS_REVIEW,
+            A.LEGALHOLD_MANAGE,
+            A.PATIENT_RIGHTS,
+        }
     ),  # no images
     "service": frozenset({A.STUDY_STORE}),  # modalities, other PACS
     # Records management / QC: the only built-in role that deletes (crypto-shredding).
     "archivist": frozenset(
-        {A.STUDY_READ, A.STUDY_STORE, A.STUDY_DELETE, A.RETENTION_MANAGE, A.LEGALHOLD_MANAGE}
+        {
+            A.STUDY_READ,
+            A.STUDY_STORE,
+            A.STUDY_DELETE,
+            A.RETENTION_MANAGE,
+            A.LEGALHOLD_MANAGE,
+            A.PATIENT_RIGHTS,
+        }
     ),
     "viewer": frozenset({A.STUDY_READ}),  # API keys for viewers and scripts (read only)
     "monitoring": frozenset({A.METRICS_READ}),  # a Prometheus scraper's API key

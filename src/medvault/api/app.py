@@ -31,6 +31,7 @@ from medvault.api.limits import BodyLimits
 from medvault.api.metrics import RequestMetrics
 from medvault.api.metrics import router as metrics_router
 from medvault.api.openapi import document
+from medvault.api.patient_rights import router as patient_rights_router
 from medvault.api.research import router as research_router
 from medvault.api.retention import router as retention_router
 from medvault.archive import Archive
@@ -166,6 +167,7 @@ def route_table() -> FastAPI:
     app.include_router(ledger_router)
     app.include_router(research_router)
     app.include_router(retention_router)
+    app.include_router(patient_rights_router)
     app.include_router(metrics_router)
     return app
 

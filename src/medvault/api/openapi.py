@@ -130,6 +130,10 @@ RETENTION_RULES: dict[str, Any] = {
 RETENTION_RUN = form_body({"dry_run": {"type": "string", "enum": ["true", "false"]}})
 LEGAL_HOLD = form_body(fields("patient_id", "study_uid", "query", "reason"), ["reason"])
 LIFT_LEGAL_HOLD = form_body(fields("reason"), ["reason"])
+PATIENT_ACCESS = form_body(fields("patient_id", "reference"), ["patient_id", "reference"])
+ERASURE_REQUEST = form_body(
+    fields("patient_id", "reference", "grounds"), ["patient_id", "reference", "grounds"]
+)
 
 
 def document(app: FastAPI) -> dict[str, Any]:

@@ -9,7 +9,16 @@ from pathlib import Path
 from medvault.api.app import route_table
 from medvault.api.openapi import DOCUMENTED_PREFIXES, document
 
-BODYLESS = ("/auth/logout", "/disable", "/enable", "/reset-mfa", "/lift")  # actions named by the path alone
+BODYLESS = (
+    "/auth/logout",
+    "/disable",
+    "/enable",
+    "/reset-mfa",
+    "/lift",
+    "/approve",
+    "/execute",
+    "/cancel",
+)  # actions named by the path alone
 DOC = Path(__file__).parents[3] / "docs" / "openapi.json"
 
 
