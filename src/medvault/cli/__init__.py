@@ -16,6 +16,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault tls …                                     cli/tls.py
     medvault monitor …                                 cli/monitor.py
     medvault alerts …                                  cli/alerts.py
+    medvault backup …                                  cli/backup.py
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.markup import escape
 from medvault.cli import (
     alerts,
     apikeys,
+    backup,
     fsck,
     home,
     importing,
@@ -78,6 +80,7 @@ app.add_typer(report.app, name="report")
 app.add_typer(tls.app, name="tls")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(backup.app, name="backup")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

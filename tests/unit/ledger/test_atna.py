@@ -109,6 +109,7 @@ def test_every_kind_gives_a_message_in_schema_order() -> None:
         (EventKind.CONFIG_CHANGE, "110113", "E", "110131"),
         (EventKind.ALERT, "110113", "E", "110132"),
         (EventKind.ASSOCIATION, "110114", "E", "110122"),
+        (EventKind.BACKUP, "110106", "R", None),
     ],
 )
 def test_codes_per_kind(kind: EventKind, expected_id: str, action: str, expected_type: str | None) -> None:

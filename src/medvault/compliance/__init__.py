@@ -1,0 +1,1 @@
+"""Compliance workflows above the archive: backups that are evidence too (:mod:`.backup`)."""
