@@ -104,6 +104,15 @@ def _mkdirs(root: Path, relative: str) -> Path:
     return target
 
 
+def _plain(folder: Path, relative: str) -> Path | None:
+    """``folder/relative`` if it is a regular file reached without a symbolic link (a backup
+    from elsewhere must not make verify or restore read files outside it), else ``None``."""
+    path = folder / relative
+    if not path.is_file() or path.resolve() != folder.resolve() / relative:
+        return None
+    return path
+
+
 def _hash_file(path: Path, progress: Progress) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
     with path.open("rb") as fh:
@@ -418,7 +427,7 @@ def load_manifest(folder: Path, *, expected_signer: str | None = None) -> tuple[
     if not folder.is_dir():
         raise BackupError(f"{folder} is not a folder")
     path = folder / MANIFEST_FILE
-    if not path.is_file():
+    if _plain(folder, MANIFEST_FILE) is None:
         raise BackupError(
             f"incomplete backup: {folder} has no {MANIFEST_FILE}",
             hint="The backup was interrupted (disk full, killed) or this is not a backup; make a new one.",
@@ -431,9 +440,10 @@ def _check_files(folder: Path, manifest: Manifest, progress: Progress) -> list[s
     problems: list[str] = []
     listed = {f.path for f in manifest.files} | {MANIFEST_FILE}
     for entry in manifest.files:
-        path = folder / entry.path
-        if not path.is_file():
-            problems.append(f"missing file: {entry.path}")
+        path = _plain(folder, entry.path)
+        if path is None:
+            what = "not a regular file" if (folder / entry.path).exists() else "missing file"
+            problems.append(f"{what}: {entry.path}")
             progress(entry.size)
             continue
         size, digest = _hash_file(path, progress)
@@ -623,11 +633,12 @@ def restore_backup(
     try:
         problems: list[str] = []
         for entry in manifest.files:
-            try:
-                size, digest = _copy(folder / entry.path, _mkdirs(staging, entry.path), progress)
-            except FileNotFoundError:
-                problems.append(f"missing file: {entry.path}")
+            source = _plain(folder, entry.path)
+            if source is None:
+                what = "not a regular file" if (folder / entry.path).exists() else "missing file"
+                problems.append(f"{what}: {entry.path}")
                 continue
+            size, digest = _copy(source, _mkdirs(staging, entry.path), progress)
             if size != entry.size or digest != entry.sha256:
                 problems.append(f"tampered file: {entry.path} (its SHA-256 differs from the manifest's)")
         problems += _check_contents(staging, manifest) if not problems else []

@@ -7,7 +7,10 @@ import dataclasses
 import errno
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -351,3 +354,56 @@ def test_a_wrong_passphrase_restores_nothing(
         restore_backup(tmp_path / "b", tmp_path / "new", passphrase="not the passphrase!", actor=SYSTEM)
     assert not (tmp_path / "new").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "home", "in"]
+
+
+def test_a_file_replaced_by_a_link_is_never_followed(
+    opened: OpenHome, stored: dict[str, bytes], tmp_path: Path
+) -> None:
+    result = create_backup(opened, tmp_path / "b", actor=SYSTEM)
+    victim = result.manifest.objects[0].path
+    outside = tmp_path / "outside"
+    outside.write_bytes((tmp_path / "b" / victim).read_bytes())  # even with the very bytes
+    (tmp_path / "b" / victim).unlink()
+    (tmp_path / "b" / victim).symlink_to(outside)
+    assert verify_backup(tmp_path / "b").problems == [f"not a regular file: {victim}"]
+    with pytest.raises(BackupError, match=f"not a regular file: {victim}"):
+        restore_backup(tmp_path / "b", tmp_path / "new", passphrase=PASSPHRASE, actor=SYSTEM)
+
+
+KILL_CHILD = """
+import os, sys, time
+from pathlib import Path
+import medvault.compliance.backup as b
+from medvault.audit import SYSTEM
+from medvault.home import open_home
+real = b._copy
+def slow(source, dest, progress):
+    out = real(source, dest, progress)
+    print("copied", flush=True)
+    time.sleep(30)  # killed here, mid-backup
+    return out
+b._copy = slow
+opened = open_home(Path(sys.argv[1]), os.environ["MEDVAULT_PASSPHRASE"])
+b.create_backup(opened, Path(sys.argv[2]), actor=SYSTEM)
+"""
+
+
+def test_kill_9_mid_backup_leaves_an_incomplete_backup(
+    home: Home, stored: dict[str, bytes], tmp_path: Path
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, str(home.root), str(tmp_path / "b")],
+        env=home.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "copied"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+    assert (tmp_path / "b" / "index.db").is_file() and not (tmp_path / "b" / MANIFEST_FILE).exists()
+    checked = verify_backup(tmp_path / "b")
+    assert checked.problems == [f"incomplete backup: {tmp_path / 'b'} has no manifest.json"]
