@@ -272,20 +272,15 @@ def create_backup(
         return _create(
             opened, target, signer, index_rel, ledger_rel, objects_rel, extras, outside, actor, now, progress
         )
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        hint = (
-            "Free space on the backup disk and start again in a new folder."
-            if exc.errno
-            in (
-                errno.ENOSPC,
-                errno.EDQUOT,
-            )
-            else "Delete the folder and start again."
-        )
+    except (OSError, sqlite3.Error) as exc:
+        errno_ = exc.errno if isinstance(exc, OSError) else None
+        reason = os.strerror(errno_) if errno_ else str(exc)
+        full = errno_ in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in reason
         raise BackupError(
             f"the backup could not be written ({reason}); {target} has no manifest and will not verify",
-            hint=hint,
+            hint="Free space on the backup disk and start again in a new folder."
+            if full
+            else "Delete the folder and start again.",
         ) from None
 
 

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -407,3 +408,16 @@ def test_kill_9_mid_backup_leaves_an_incomplete_backup(
     assert (tmp_path / "b" / "index.db").is_file() and not (tmp_path / "b" / MANIFEST_FILE).exists()
     checked = verify_backup(tmp_path / "b")
     assert checked.problems == [f"incomplete backup: {tmp_path / 'b'} has no manifest.json"]
+
+
+def test_a_full_disk_while_sqlite_writes_the_snapshot_is_an_incomplete_backup(
+    opened: OpenHome, stored: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(source: Path, dest: Path) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(backup_module, "_snapshot_sqlite", full)
+    with pytest.raises(BackupError, match="disk is full") as caught:
+        create_backup(opened, tmp_path / "b", actor=SYSTEM)
+    assert "Free space" in caught.value.diagnostics()
+    assert verify_backup(tmp_path / "b").problems[0].startswith("incomplete backup:")
