@@ -19,6 +19,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault alerts …                                  cli/alerts.py
     medvault retention …                               cli/retention.py
     medvault legal-hold …                              cli/legal_hold.py
+    medvault backup …                                  cli/backup.py
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rich.markup import escape
 from medvault.cli import (
     alerts,
     apikeys,
+    backup,
     fsck,
     home,
     importing,
@@ -87,6 +89,7 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(retention.app, name="retention")
 app.add_typer(legal_hold.app, name="legal-hold")
+app.add_typer(backup.app, name="backup")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

@@ -143,6 +143,7 @@ EVENT_CODES: dict[EventKind, EventCoding] = {
     EventKind.CONFIG_CHANGE: EventCoding(SECURITY_ALERT, "E", SOFTWARE_CONFIGURATION),
     EventKind.ALERT: EventCoding(SECURITY_ALERT, "E", USE_OF_RESTRICTED_FUNCTION),
     EventKind.ASSOCIATION: EventCoding(USER_AUTHENTICATION, "E", LOGIN),
+    EventKind.BACKUP: EventCoding(EXPORT, "R"),  # backup.create; verify and restore are refined
 }
 
 #: EventOutcomeIndicator per ledger outcome (12, "major failure", is never claimed by an export).
@@ -163,12 +164,17 @@ _DIMSE_CODES: dict[str, EventCoding] = {
 def event_coding(event: AuditEvent) -> EventCoding:
     """The ATNA coding of ``event``: :data:`EVENT_CODES`, refined for exports of the ledger itself
     (Audit Log Used, R), for deletions of single instances
-    (DICOM Instances Accessed, D) and for DICOM associations (by DIMSE action and outcome: a node
+    (DICOM Instances Accessed, D), for backups (a restore is an Import, C; a verification is
+    Application Activity, E) and for DICOM associations (by DIMSE action and outcome: a node
     that is refused is a Security Alert / Node Authentication, a release is a Logout)."""
     if event.kind is EventKind.EXPORT and event.object is not None and event.object.type == "ledger":
         return EventCoding(AUDIT_LOG_USED, "R")  # an export of the audit trail itself
     if event.kind is EventKind.DELETE and (event.object is None or event.object.type != "study"):
         return EventCoding(INSTANCES_ACCESSED, "D")
+    if event.kind is EventKind.BACKUP and event.action == "backup.restore":
+        return EventCoding(IMPORT, "C")
+    if event.kind is EventKind.BACKUP and event.action == "backup.verify":
+        return EventCoding(APPLICATION_ACTIVITY, "E")
     if event.kind is EventKind.ASSOCIATION:
         specific = _DIMSE_CODES.get(event.action)
         if specific is not None:

@@ -67,6 +67,7 @@ class EventKind(enum.StrEnum):
     CONFIG_CHANGE = "config_change"
     ALERT = "alert"
     ASSOCIATION = "association"
+    BACKUP = "backup"
 
     @property
     def is_read(self) -> bool:

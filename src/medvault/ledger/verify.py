@@ -84,8 +84,12 @@ def verify_ledger(
     *,
     verifier_key: str | Verifier,
     trusted_checkpoint: bytes | None = None,
+    read_only: bool = False,
 ) -> VerifyReport:
     """Recompute the tree of the ledger at ``path`` and check it; see the module docstring.
+
+    ``read_only`` opens the file without changing a byte of it (no WAL switch): for a copy in
+    rollback-journal mode, such as a backup's, whose files are hashed.
 
     Raises :class:`NoteInvalid` if ``trusted_checkpoint`` itself does not verify (bad input);
     every finding about the file is returned in the report, never raised.
@@ -93,7 +97,11 @@ def verify_ledger(
     if not Path(path).is_file():
         raise NotFound(f"no ledger file at {os.fspath(path)}")
     verifier = verifier_key if isinstance(verifier_key, Verifier) else Verifier.from_key_text(verifier_key)
-    conn = connect(path)
+    conn = (
+        sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        if read_only
+        else connect(path)
+    )
     try:
         conn.execute("BEGIN")  # one read snapshot: appenders in other processes do not disturb it
         try:

@@ -60,6 +60,7 @@ _FROM_KIND: dict[EventKind, Action] = {
     K.CONFIG_CHANGE: A.ADMIN_CONFIG,
     K.NODE_CHANGE: A.ADMIN_CONFIG,
     K.APIKEY_CHANGE: A.ADMIN_CONFIG,
+    K.BACKUP: A.ADMIN_CONFIG,  # a whole-archive copy, restore or check: an administrator's act
     K.USER_CHANGE: A.USER_MGMT,
     K.ROLE_CHANGE: A.USER_MGMT,
     K.GRANT_CHANGE: A.USER_MGMT,

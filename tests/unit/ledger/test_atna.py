@@ -109,6 +109,7 @@ def test_every_kind_gives_a_message_in_schema_order() -> None:
         (EventKind.CONFIG_CHANGE, "110113", "E", "110131"),
         (EventKind.ALERT, "110113", "E", "110132"),
         (EventKind.ASSOCIATION, "110114", "E", "110122"),
+        (EventKind.BACKUP, "110106", "R", None),
     ],
 )
 def test_codes_per_kind(kind: EventKind, expected_id: str, action: str, expected_type: str | None) -> None:
@@ -311,3 +312,14 @@ def test_event_time_is_written_in_utc() -> None:
     ident = parse(event(EventKind.QUERY, time=local)).find("EventIdentification")
     assert ident is not None and ident.attrib["EventDateTime"] == "2024-05-06T07:08:09.123456Z"
     assert local.astimezone(UTC) == T0
+
+
+@pytest.mark.parametrize(
+    ("action", "expected_id", "code"),
+    [("backup.create", "110106", "R"), ("backup.verify", "110100", "E"), ("backup.restore", "110107", "C")],
+)
+def test_backups_are_export_application_activity_and_import(action: str, expected_id: str, code: str) -> None:
+    root = parse(event(EventKind.BACKUP, obj=ObjectRef(type="backup", id="ab" * 32), action=action))
+    assert event_id(root) == expected_id
+    ident = root.find("EventIdentification")
+    assert ident is not None and ident.attrib["EventActionCode"] == code

@@ -88,6 +88,8 @@ def ledger(kind: EventKind, action: str, outcome: Outcome = Outcome.SUCCESS, **k
             "success",
         ),
         (ledger(EventKind.DELETE, "study.delete", patient=PSEUDO), Action.ADMIN_CONFIG, "success"),
+        # compliance/backup.py: a whole-archive copy is an administrator's act
+        (ledger(EventKind.BACKUP, "backup.create"), Action.ADMIN_CONFIG, "success"),
         # audit.LedgerAudit.dimse: a node's C-GET and a refused TLS handshake
         (
             ledger(
