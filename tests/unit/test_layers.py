@@ -25,6 +25,7 @@ CORE: dict[str, set[str]] = {
 #: The service layer (archive and the modules around it, and the online monitor's worker, alerting/):
 #: core and each other, never a protocol.
 SERVICE = {"archive", "audit", "guard", "home", "export", "fsck", "reports", "sample", "testing", "alerting"}
+SERVICE |= {"compliance"}  # retention, legal hold, training records, backups (DESIGN.md)
 PROTOCOLS = {"api", "dimse", "web"}
 
 

@@ -16,6 +16,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault tls …                                     cli/tls.py
     medvault monitor …                                 cli/monitor.py
     medvault alerts …                                  cli/alerts.py
+    medvault training …                                cli/training.py
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from medvault.cli import (
     report,
     research,
     tls,
+    training,
     users,
 )
 from medvault.cli._common import err
@@ -78,6 +80,7 @@ app.add_typer(report.app, name="report")
 app.add_typer(tls.app, name="tls")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(training.app, name="training")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

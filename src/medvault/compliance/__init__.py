@@ -1,0 +1,1 @@
+"""Compliance workflows over the archive, the index and the ledger (DESIGN.md, "Layout")."""
