@@ -128,12 +128,14 @@ def completion_counts(completion: Completion, versions: Sequence[CourseVersion])
 def course_expiry(
     versions: Sequence[CourseVersion], completions: Iterable[Completion]
 ) -> tuple[Completion | None, date | None]:
-    """The completion of one course that counts longest and its expiry (``None`` if none counts)."""
+    """The completion of one course that counts longest and its expiry (``None`` if none counts).
+    ``versions``: that course's versions; completions of other courses are ignored."""
     by_version = {v.version: v for v in versions}
+    names = {v.name for v in versions}
     best: tuple[Completion | None, date | None] = (None, None)
     for completion in completions:
         version = by_version.get(completion.version)
-        if version is None or not completion_counts(completion, versions):
+        if completion.course not in names or version is None or not completion_counts(completion, versions):
             continue
         expires = completion_expires(completion, version)
         if best[1] is None or expires > best[1]:
