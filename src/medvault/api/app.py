@@ -32,6 +32,7 @@ from medvault.api.metrics import RequestMetrics
 from medvault.api.metrics import router as metrics_router
 from medvault.api.openapi import document
 from medvault.api.research import router as research_router
+from medvault.api.training import router as training_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
@@ -164,6 +165,7 @@ def route_table() -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(ledger_router)
     app.include_router(research_router)
+    app.include_router(training_router)
     app.include_router(metrics_router)
     return app
 
