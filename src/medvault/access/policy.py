@@ -13,7 +13,8 @@ The order of the rules (the first that denies wins):
    :data:`PHI_ACTIONS`; the reason says so, so the person knows why (``training_expires`` is the
    earliest expiry among the courses required for the subject's roles, see
    :mod:`medvault.access.training`). Break-glass is the one way past it: opening a session, and
-   reading the study of an open session, stay possible in an emergency and are recorded as such;
+   reading the study of an open session, stay possible in an emergency and are recorded as such
+   (with a session open, the capability check passes and each other study is refused);
 5. de-identified data only: ``deid.read`` needs a resource marked ``deidentified``; ``deid.export``
    permits with the obligation ``deidentify`` (the export must go through the PS3.15 engine),
    unless the subject's exports are held after a security alert (``exports_held``);
@@ -291,6 +292,16 @@ def decide(
                 True,
                 f"role {granting[0]} grants {action}; in scope by break-glass (training lapsed)",
                 (OBLIGATION_BREAK_GLASS,),
+            )
+        if (
+            action is Action.STUDY_READ
+            and resource is None
+            and any(now < s.expires_at for s in subject.break_glass)
+        ):
+            # The route's capability gate; each study is then asked about, and only the studies
+            # of open sessions pass.
+            return Decision(
+                True, f"role {granting[0]} grants {action} through break-glass only (training lapsed)"
             )
         if action is not Action.BREAKGLASS_USE:
             return _deny(lapsed)

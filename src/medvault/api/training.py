@@ -1,8 +1,8 @@
 """Training records at /api/training: status (``GET``), courses and completions (``POST``).
 
-Translation only (medvault.compliance.training does the work and the ledgering). Reading everyone's
-status needs ``training.read`` (admin, auditor); a person may always read their own
-(``?user=`` their own name); adding courses and recording completions needs ``training.manage``.
+Translation only (medvault.compliance.training does the work and the ledgering). Reading anyone's
+status needs ``training.read`` (admin, auditor); a signed-in person may always read their own at
+``GET /api/training/me``; adding courses and recording completions needs ``training.manage``.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from medvault.api.bodies import date_field, days_field
 from medvault.archive import Archive
 from medvault.audit import actor_of
 from medvault.compliance.training import DEFAULT_REMINDER_DAYS, TrainingRecords
-from medvault.errors import InvalidInput
-from medvault.guard import Guard
+from medvault.errors import Forbidden, InvalidInput
 from medvault.index.training import MAX_VALID_DAYS, CourseRecord, GateChange, TrainingStore, UserTraining
 from medvault.index.users import UserStore
 from medvault.ledger.events import AuditEvent
 
 router = APIRouter(prefix="/api")
 ManagesTraining = Annotated[Principal, Depends(require(Action.TRAINING_MANAGE))]
+ReadsTraining = Annotated[Principal, Depends(require(Action.TRAINING_READ))]
 _DATE = {"type": "string", "format": "date", "example": "2026-06-30"}
 _DAYS = {"type": "string", "pattern": "^[0-9]{1,5}$", "description": "a number of days"}
 
@@ -130,18 +130,29 @@ def _need(fields: dict[str, str], *names: str) -> None:
 @router.get("/training")
 def training_status(
     request: Request,
-    who: Authenticated,
+    who: ReadsTraining,
     user: Annotated[str | None, Query(max_length=64, description="One user (default: everyone)")] = None,
     within_days: Annotated[int, Query(ge=0, le=MAX_VALID_DAYS)] = DEFAULT_REMINDER_DAYS,
 ) -> Response:
-    """Training per user and course: completed, expires, ok / expiring / expired / missing.
-    One's own (``?user=`` one's name) needs no permission; anyone else's needs training.read."""
-    own = user is not None and user == who.name and who.method != "api-key"
-    if not own:
-        guard: Guard = request.app.state.guard
-        guard.require(who, Action.TRAINING_READ, client=client_address(request))
+    """Training per user and course: completed, expires, ok / expiring / expired / missing."""
     people = _records(request).store.status(user, today=datetime.now(UTC).date(), within_days=within_days)
     return _answer([status_json(p) for p in people])
+
+
+@router.get("/training/me")
+def own_training_status(
+    request: Request,
+    who: Authenticated,
+    within_days: Annotated[int, Query(ge=0, le=MAX_VALID_DAYS)] = DEFAULT_REMINDER_DAYS,
+) -> Response:
+    """The signed-in person's own training (no permission needed: everyone may know why the
+    gate lets them in or not). API keys and nodes have no training records."""
+    if who.method == "api-key":
+        raise Forbidden("an API key has no training records; sign in as a person")
+    (person,) = _records(request).store.status(
+        who.name, today=datetime.now(UTC).date(), within_days=within_days
+    )
+    return _answer(status_json(person))
 
 
 @router.post("/training/courses", openapi_extra=NEW_COURSE, status_code=201)

@@ -111,6 +111,7 @@ def courses_add(
         f"course {escape(course.name)!r} version {escape(course.version)}: valid {course.valid_days} days, "
         f"required for {needed}",
         highlight=False,
+        soft_wrap=True,
     )
     _show_gate(changes)
 
@@ -188,6 +189,7 @@ def training_record(
         f"{escape(user)}: {escape(course)!r} version {escape(done.version)} completed "
         f"{done.completed_on.isoformat()}{until}",
         highlight=False,
+        soft_wrap=True,
     )
     _show_gate(changes)
 
@@ -273,7 +275,7 @@ def training_reminders(
         )
     out.print(table)
     new = sum(1 for r in due if r.new)
-    out.print(f"{len(due)} due, {new} new reminder(s) ledgered", highlight=False)
+    out.print(f"{len(due)} due, {new} new reminder(s) ledgered", highlight=False, soft_wrap=True)
     _show_gate(changes)
 
 

@@ -318,6 +318,7 @@ def test_properties(subject: Principal, action: Action, resource: Resource | Non
                 (subject.training_expires is not None and subject.training_expires >= NOW.date())
                 or action is Action.BREAKGLASS_USE
                 or OBLIGATION_BREAK_GLASS in d.obligations
+                or (resource is None and any(NOW < s.expires_at for s in subject.break_glass))
             )
         if action is Action.STUDY_READ:
             assert subject.roles & {
@@ -377,7 +378,9 @@ def test_lapsed_training_leaves_break_glass_open() -> None:
     read = decide(with_session, Action.STUDY_READ, STUDY, CTX)
     assert read.allowed and read.obligations == (OBLIGATION_BREAK_GLASS,)
     assert not decide(with_session, Action.STUDY_READ, Resource(study_uid="1.2.4"), CTX).allowed
-    assert not decide(with_session, Action.STUDY_READ, None, CTX).allowed  # no QIDO over everything
+    capability = decide(with_session, Action.STUDY_READ, None, CTX)  # the route gate; then per study
+    assert capability.allowed and "break-glass only" in capability.reason
+    assert not decide(lapsed, Action.STUDY_READ, None, CTX).allowed  # without a session: nothing
     assert not decide(with_session, Action.STUDY_STORE, STUDY, CTX).allowed
 
 
