@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from medvault.access.policy import PHI_ACTIONS, ROLE_PERMISSIONS, Action
@@ -60,8 +60,15 @@ _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]*\Z")
 
 # Asked on every request of a signed-in person: built once (see medvault.index.store).
 _ALL_COURSES = select(t.training_courses).order_by(t.training_courses.c.id)
-_COMPLETIONS_OF_USER = select(t.training_completions).where(
-    t.training_completions.c.user_id == bindparam("user_id")
+# The latest completion per course and version is all the gate needs (a later day expires later).
+_LATEST_OF_USER = (
+    select(
+        t.training_completions.c.course,
+        t.training_completions.c.version,
+        func.max(t.training_completions.c.completed_on).label("completed_on"),
+    )
+    .where(t.training_completions.c.user_id == bindparam("user_id"))
+    .group_by(t.training_completions.c.course, t.training_completions.c.version)
 )
 
 
@@ -162,7 +169,7 @@ def training_of(
     courses = [_course(r) for r in conn.execute(_ALL_COURSES)]
     if not courses:
         return EffectiveTraining(expires=fallback, course=None)
-    completions = [_completion(r) for r in conn.execute(_COMPLETIONS_OF_USER, {"user_id": user_id})]
+    completions = [_completion(r) for r in conn.execute(_LATEST_OF_USER, {"user_id": user_id})]
     roles = frozenset(roles)
     return effective_training(
         courses, completions, roles, reaches_phi=reaches_phi(roles, table), fallback=fallback
