@@ -254,6 +254,7 @@ assert {"viewer", "service", "archivist"} <= set(KEY_ROLES) and set(HUMAN_ROLES)
 PUBLIC = {("GET", "/healthz"), ("POST", "/auth/token"), ("POST", "/auth/session"), ("POST", "/auth/password")}
 #: Routes any signed-in subject may use (no permission beyond being someone).
 SIGNED_IN_ONLY = {("POST", "/auth/logout"), ("GET", "/api/openapi.json")}  # the API description (also docs/)
+SIGNED_IN_ONLY |= {("GET", "/api/training/me")}  # one's own training records
 
 
 @dataclass(frozen=True)
@@ -576,6 +577,7 @@ def test_role_action_matrix(world: World, role: str) -> None:
             ],
             Action.BREAKGLASS_REVIEW: [("GET /api/breakglass", client.get("/api/breakglass"), 200)],
             Action.LEDGER_READ: [("GET /ledger/checkpoint", client.get("/ledger/checkpoint"), 200)],
+            Action.TRAINING_READ: [("GET /api/training", client.get("/api/training"), 200)],
         }
     wrong = []
     for action, results in answers.items():

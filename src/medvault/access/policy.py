@@ -10,7 +10,11 @@ The order of the rules (the first that denies wins):
 3. the union of the subject's roles must grant the action (built-in :data:`ROLE_PERMISSIONS`,
    or a table from :func:`load_roles`; unknown roles grant nothing);
 4. training gate: a *human* subject needs unexpired privacy training for the actions in
-   :data:`PHI_ACTIONS`; the reason says so, so the person knows why;
+   :data:`PHI_ACTIONS`; the reason says so, so the person knows why (``training_expires`` is the
+   earliest expiry among the courses required for the subject's roles, see
+   :mod:`medvault.access.training`). Break-glass is the one way past it: opening a session, and
+   reading the study of an open session, stay possible in an emergency and are recorded as such
+   (with a session open, the capability check passes and each other study is refused);
 5. de-identified data only: ``deid.read`` needs a resource marked ``deidentified``; ``deid.export``
    permits with the obligation ``deidentify`` (the export must go through the PS3.15 engine),
    unless the subject's exports are held after a security alert (``exports_held``);
@@ -85,12 +89,24 @@ class Action(StrEnum):
     RETENTION_MANAGE = "retention.manage"  # change retention rules, run retention (crypto-shredding)
     LEGALHOLD_MANAGE = "legalhold.manage"  # place and lift legal holds (they block every deletion)
     PATIENT_RIGHTS = "patient.rights"  # a patient's access bundle; erasure requests (four eyes)
+    TRAINING_READ = "training.read"  # everyone's training records and status (one's own needs none)
+    TRAINING_MANAGE = "training.manage"  # add courses, record completions
 
 
 A = Action
 ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
     # Runs the system; sees no images by default (give a clinical role too, or override).
-    "admin": frozenset({A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE, A.RETENTION_MANAGE}),
+    "admin": frozenset(
+        {
+            A.USERS_MANAGE,
+            A.NODES_MANAGE,
+            A.KEYS_MANAGE,
+            A.CONFIG_MANAGE,
+            A.RETENTION_MANAGE,
+            A.TRAINING_READ,
+            A.TRAINING_MANAGE,
+        }
+    ),
     "radiologist": frozenset({A.STUDY_READ, A.STUDY_STORE, A.BREAKGLASS_USE}),
     "technologist": frozenset({A.STUDY_READ, A.STUDY_STORE}),
     "referring_physician": frozenset({A.STUDY_READ, A.BREAKGLASS_USE}),
@@ -104,6 +120,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Action]] = {
             A.BREAKGLASS_REVIEW,
             A.LEGALHOLD_MANAGE,
             A.PATIENT_RIGHTS,
+            A.TRAINING_READ,
         }
     ),  # no images
     "service": frozenset({A.STUDY_STORE}),  # modalities, other PACS
@@ -201,6 +218,7 @@ class Principal:
     break_glass: tuple[BreakGlassGrant, ...] = ()
     human: bool = False  # people pass the training gate; machines are exempt
     training_expires: date | None = None
+    training_course: str | None = None  # the required course that decides training_expires, if any
     referring_id: str | None = None  # how studies name this person as referring physician
     must_change_password: bool = False
     exports_held: bool = False  # a monitor response holds this subject's exports for review
@@ -293,15 +311,28 @@ def decide(
             return _deny(f"no known role (roles: {names})")
         return _deny(f"roles {', '.join(known)} do not grant {action}")
     now = (context.now if context is not None else datetime.now(UTC)).astimezone(UTC)
-    if subject.human and action in PHI_ACTIONS:
-        expires = subject.training_expires
-        if expires is None:
-            return _deny("no privacy training is on record; an administrator must record it first")
-        if now.date() > expires:
-            return _deny(
-                f"privacy training expired on {expires.isoformat()}; access to patient data is refused "
-                "until an administrator records renewed training"
+    lapsed = _training_lapsed(subject, now) if subject.human and action in PHI_ACTIONS else None
+    if lapsed is not None:
+        # Break-glass aside: an emergency is not refused for lapsed training (it is audited and
+        # reviewed as break-glass, and the decision's reason says training had lapsed).
+        if action is Action.STUDY_READ and resource is not None and _open_session(subject, resource, now):
+            return Decision(
+                True,
+                f"role {granting[0]} grants {action}; in scope by break-glass (training lapsed)",
+                (OBLIGATION_BREAK_GLASS,),
             )
+        if (
+            action is Action.STUDY_READ
+            and resource is None
+            and any(now < s.expires_at for s in subject.break_glass)
+        ):
+            # The route's capability gate; each study is then asked about, and only the studies
+            # of open sessions pass.
+            return Decision(
+                True, f"role {granting[0]} grants {action} through break-glass only (training lapsed)"
+            )
+        if action is not Action.BREAKGLASS_USE:
+            return _deny(lapsed)
     obligations: list[str] = []
     if action is Action.DEID_READ and resource is not None and not resource.deidentified:
         return _deny("only de-identified data may be read with deid.read", conceal=True)
@@ -321,7 +352,8 @@ def decide(
             return _deny(f"break-glass needs a reason of at least {MIN_BREAK_GLASS_REASON} characters")
         if resource is None or not resource.study_uid:
             return _deny("break-glass opens one study: give its study UID")
-        return Decision(True, f"break-glass by {granting[0]}", (OBLIGATION_BREAK_GLASS,))
+        note = " (training lapsed)" if lapsed is not None else ""
+        return Decision(True, f"break-glass by {granting[0]}{note}", (OBLIGATION_BREAK_GLASS,))
     if action in SCOPED_ACTIONS and resource is not None:
         via = _scope(subject, resource, now)
         if via is None:
@@ -330,6 +362,31 @@ def decide(
             obligations.append(OBLIGATION_BREAK_GLASS)
         return Decision(True, f"role {granting[0]} grants {action}; in scope by {via}", tuple(obligations))
     return Decision(True, f"role {granting[0]} grants {action}", tuple(obligations))
+
+
+def _training_lapsed(subject: Principal, now: datetime) -> str | None:
+    """Why the subject's training does not cover ``now`` (None when it does)."""
+    expires = subject.training_expires
+    course = f" (course {subject.training_course!r})" if subject.training_course else ""
+    if expires is None:
+        if subject.training_course:
+            return (
+                f"required training{course} is not on record; access to patient data is refused "
+                "until an administrator records it"
+            )
+        return "no privacy training is on record; an administrator must record it first"
+    if now.date() > expires:
+        return (
+            f"privacy training expired on {expires.isoformat()}{course}; access to patient data is "
+            "refused until an administrator records renewed training"
+        )
+    return None
+
+
+def _open_session(subject: Principal, resource: Resource, now: datetime) -> bool:
+    return resource.study_uid is not None and any(
+        s.study_uid == resource.study_uid and now < s.expires_at for s in subject.break_glass
+    )
 
 
 def _scope(subject: Principal, resource: Resource, now: datetime) -> str | None:

@@ -34,6 +34,7 @@ from medvault.api.openapi import document
 from medvault.api.patient_rights import router as patient_rights_router
 from medvault.api.research import router as research_router
 from medvault.api.retention import router as retention_router
+from medvault.api.training import router as training_router
 from medvault.archive import Archive
 from medvault.config import ServerSettings
 from medvault.errors import MedvaultError
@@ -168,6 +169,7 @@ def route_table() -> FastAPI:
     app.include_router(research_router)
     app.include_router(retention_router)
     app.include_router(patient_rights_router)
+    app.include_router(training_router)
     app.include_router(metrics_router)
     return app
 

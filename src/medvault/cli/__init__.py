@@ -20,6 +20,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault retention …                               cli/retention.py
     medvault legal-hold …                              cli/legal_hold.py
     medvault backup …                                  cli/backup.py
+    medvault training …                                cli/training.py
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from medvault.cli import (
     research,
     retention,
     tls,
+    training,
     users,
 )
 from medvault.cli._common import err
@@ -90,6 +92,7 @@ app.add_typer(alerts.app, name="alerts")
 app.add_typer(retention.app, name="retention")
 app.add_typer(legal_hold.app, name="legal-hold")
 app.add_typer(backup.app, name="backup")
+app.add_typer(training.app, name="training")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

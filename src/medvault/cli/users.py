@@ -35,7 +35,13 @@ NameArg = Annotated[str, typer.Argument(help="The user name.")]
 def users_add(
     name: NameArg,
     roles: Annotated[str, typer.Option(help="Comma-separated roles, e.g. radiologist or auditor.")],
-    training: Annotated[str | None, typer.Option(help="Privacy training valid until YYYY-MM-DD.")] = None,
+    training: Annotated[
+        str | None,
+        typer.Option(
+            help="Privacy training valid until YYYY-MM-DD (decides while no `medvault training` course "
+            "is required for the roles)."
+        ),
+    ] = None,
     home: HomeOption = Path("medvault-home"),
     passphrase_file: PassphraseFile = None,
 ) -> None:
@@ -197,7 +203,10 @@ def users_training(
     home: HomeOption = Path("medvault-home"),
     passphrase_file: PassphraseFile = None,
 ) -> None:
-    """Record renewed privacy training (without it, access to PHI is refused)."""
+    """Record renewed privacy training (without it, access to PHI is refused).
+
+    This per-user date decides while no course of `medvault training` is required for the user's roles.
+    """
     user_action(
         home,
         passphrase_file,

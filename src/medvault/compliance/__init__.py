@@ -8,5 +8,6 @@ prove, measured from the archive's own configuration and ledger, and the workflo
     rules.py       retention rules decided (pure); retention.py runs them; scheduler.py in serve
     holds.py       legal holds placed and lifted, ledgered
     erasure.py     the right to erasure: request, a second approval, crypto-shredding, certificate
+    training.py    training records: courses, completions, reminders, the gate they drive
     manifest.py    a backup's signed manifest (pure); backup.py creates, verifies and restores
 """

@@ -22,6 +22,7 @@ from medvault.crypto.tls import certificate_expiry
 from medvault.fsck import reconcile
 from medvault.home import OpenHome
 from medvault.index.nodes import NodeStore
+from medvault.index.training import TrainingStore
 from medvault.ledger.verify import verify_ledger
 from medvault.reports import ledger_events
 
@@ -143,6 +144,8 @@ def gather(
     unresolved = [
         a for state in ("open", "acknowledged") for a in opened.alerts.find(status=state, limit=1000)
     ]
+    # training as the gate sees it: the required courses, else the per-user date
+    training = {t.username: t for t in TrainingStore(opened.archive.index.engine).status(today=now.date())}
     users = tuple(
         UserFacts(
             name=u.name,
@@ -153,9 +156,9 @@ def gather(
             mfa_enrolled=u.mfa_enrolled,
             must_change_password=u.must_change_password,
             created_at=u.created_at,
-            training_expires=u.training_expires,
+            training_expires=training[u.name].effective.expires if u.name in training else u.training_expires,
             last_sign_in=trail.sign_ins.get(u.name),
-            image_access=bool(u.roles & _IMAGE_ROLES),
+            image_access=training[u.name].reaches_phi if u.name in training else bool(u.roles & _IMAGE_ROLES),
         )
         for u in opened.users.list()
     )

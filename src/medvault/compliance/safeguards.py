@@ -493,7 +493,8 @@ class _Assessor:
             "Security awareness and training",
             "not_met" if expired else ("attention" if soon else "met"),
             tuple(facts),
-            "record the training of these people (their image access is refused until then)"
+            "record their completions (`medvault training record USER COURSE --completed DATE`); "
+            "their image access is refused until then"
             if expired or soon
             else None,
         )

@@ -48,6 +48,8 @@ from medvault.index import users_schema as u
 from medvault.index.alerts_schema import security_holds
 from medvault.index.holds import held
 from medvault.index.schema import metadata
+from medvault.index.training import TABLES as TRAINING_TABLES
+from medvault.index.training import training_of
 
 __all__ = [
     "BREAK_GLASS_TTL",
@@ -78,6 +80,7 @@ _TABLES = [
     u.auth_tokens,
     u.auth_failures,
     security_holds,  # consulted on every authentication (medvault.index.holds)
+    *TRAINING_TABLES,  # the training gate, on every authentication (medvault.index.training)
 ]
 # Every request from a signed-in user runs these: built once (see medvault.index.store).
 _TOKEN_BY_HASH = select(u.auth_tokens).where(u.auth_tokens.c.token_hash == bindparam("token_hash"))
@@ -199,6 +202,11 @@ class UserStore:
         self._break_glass_ttl = break_glass_ttl
         self._dummy: str | None = None
         metadata.create_all(self._writer, tables=_TABLES)
+
+    @property
+    def roles(self) -> Mapping[str, frozenset[Action]]:
+        """The role table in force (built-in, or ``[access] roles``)."""
+        return self._roles
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -493,14 +501,17 @@ class UserStore:
             BreakGlassGrant(study_uid=s.study_uid, expires_at=_must(s.expires_at))
             for s in conn.execute(_LIVE_BREAK_GLASS_OF_USER, {"user_id": row.id, "now": now})
         )
+        roles = frozenset(row.roles.split()) if roles is None else roles
+        training = training_of(conn, row.id, roles, table=self._roles, fallback=row.training_expires)
         return Principal(
             name=row.name,
             method=method,
-            roles=frozenset(row.roles.split()) if roles is None else roles,
+            roles=roles,
             grants=tuple(g for g in grants if g.active(now)),
             break_glass=tuple(s for s in sessions if now < s.expires_at),
             human=True,
-            training_expires=row.training_expires,
+            training_expires=training.expires,
+            training_course=training.course,
             referring_id=row.referring_id,
             must_change_password=bool(row.must_change_password),
             exports_held=held(conn, "hold_exports", row.name),
@@ -535,6 +546,7 @@ class UserStore:
             break_glass=principal.break_glass,
             human=True,
             training_expires=principal.training_expires,
+            training_course=principal.training_course,
             referring_id=principal.referring_id,
             exports_held=principal.exports_held,
         )

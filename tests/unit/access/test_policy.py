@@ -36,7 +36,15 @@ A = Action
 
 # The documented matrix: every (role, action) pair is listed; anything not here is denied.
 EXPECTED: dict[str, set[Action]] = {
-    "admin": {A.USERS_MANAGE, A.NODES_MANAGE, A.KEYS_MANAGE, A.CONFIG_MANAGE, A.RETENTION_MANAGE},
+    "admin": {
+        A.USERS_MANAGE,
+        A.NODES_MANAGE,
+        A.KEYS_MANAGE,
+        A.CONFIG_MANAGE,
+        A.RETENTION_MANAGE,
+        A.TRAINING_READ,
+        A.TRAINING_MANAGE,
+    },
     "radiologist": {A.STUDY_READ, A.STUDY_STORE, A.BREAKGLASS_USE},
     "technologist": {A.STUDY_READ, A.STUDY_STORE},
     "referring_physician": {A.STUDY_READ, A.BREAKGLASS_USE},
@@ -48,6 +56,7 @@ EXPECTED: dict[str, set[Action]] = {
         A.BREAKGLASS_REVIEW,
         A.LEGALHOLD_MANAGE,
         A.PATIENT_RIGHTS,
+        A.TRAINING_READ,
     },
     "service": {A.STUDY_STORE},
     "archivist": {
@@ -320,7 +329,13 @@ def test_properties(subject: Principal, action: Action, resource: Resource | Non
         assert any(action in ROLE_PERMISSIONS.get(r, frozenset()) for r in subject.roles)
         assert not subject.must_change_password
         if subject.human and action in policy.PHI_ACTIONS:
-            assert subject.training_expires is not None and subject.training_expires >= NOW.date()
+            # current training, or break-glass (opening a session, or reading through one)
+            assert (
+                (subject.training_expires is not None and subject.training_expires >= NOW.date())
+                or action is Action.BREAKGLASS_USE
+                or OBLIGATION_BREAK_GLASS in d.obligations
+                or (resource is None and any(NOW < s.expires_at for s in subject.break_glass))
+            )
         if action is Action.STUDY_READ:
             assert subject.roles & {
                 "radiologist",
@@ -349,3 +364,45 @@ def test_adding_a_role_never_removes_a_permit_without_scope_change(
     after = decide(wider, action, resource, Context(now=NOW, reason="reason long enough"))
     if before.allowed:
         assert after.allowed
+
+
+# -- training records (issue #15) --------------------------------------------------------------------
+
+
+def test_lapsed_training_leaves_break_glass_open() -> None:
+    """Break-glass aside: a lapsed person may still open a study in an emergency and read it
+    through the session (audited as break-glass, the reason says training lapsed); nothing else."""
+    session = BreakGlassGrant(study_uid="1.2.3", expires_at=NOW + timedelta(hours=4))
+    lapsed = Principal(
+        name="u",
+        method="token",
+        roles=frozenset({"radiologist"}),
+        human=True,
+        training_expires=date(2030, 3, 3),
+        training_course="privacy 101",
+        grants=(Grant.site(),),
+    )
+    refused = decide(lapsed, Action.STUDY_READ, STUDY, CTX)
+    assert (
+        not refused.allowed and "expired on 2030-03-03" in refused.reason and "privacy 101" in refused.reason
+    )
+    opened = decide(lapsed, Action.BREAKGLASS_USE, STUDY, Context(now=NOW, reason="stroke alert, on call"))
+    assert opened.allowed and opened.obligations == (OBLIGATION_BREAK_GLASS,)
+    assert "training lapsed" in opened.reason
+    assert decide(lapsed, Action.BREAKGLASS_USE, None, CTX).allowed  # the route's capability gate
+    with_session = Principal(**{**lapsed.__dict__, "break_glass": (session,)})
+    read = decide(with_session, Action.STUDY_READ, STUDY, CTX)
+    assert read.allowed and read.obligations == (OBLIGATION_BREAK_GLASS,)
+    assert not decide(with_session, Action.STUDY_READ, Resource(study_uid="1.2.4"), CTX).allowed
+    capability = decide(with_session, Action.STUDY_READ, None, CTX)  # the route gate; then per study
+    assert capability.allowed and "break-glass only" in capability.reason
+    assert not decide(lapsed, Action.STUDY_READ, None, CTX).allowed  # without a session: nothing
+    assert not decide(with_session, Action.STUDY_STORE, STUDY, CTX).allowed
+
+
+def test_missing_required_course_is_named() -> None:
+    missing = Principal(
+        name="u", method="token", roles=frozenset({"radiologist"}), human=True, training_course="gdpr"
+    )
+    d = decide(missing, Action.STUDY_READ, None, CTX)
+    assert not d.allowed and "training" in d.reason and "'gdpr'" in d.reason
