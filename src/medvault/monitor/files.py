@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from medvault.errors import DirectoryInvalid
 from medvault.monitor._detector import OnlineMonitor, ScoredBatch
 from medvault.monitor._directory import Directory, parse_directory
-from medvault.monitor._events import EventBatch, read_batches
+from medvault.monitor._events import EventBatch, read_chunk
 from medvault.monitor._replay import DEFAULT_BATCH
 from medvault.monitor._rules import Feedback, Rules
 
@@ -33,9 +35,38 @@ def load_directory(path: Path) -> Directory:
 
 
 def read_event_file(path: Path, *, batch_size: int = DEFAULT_BATCH) -> Iterator[EventBatch]:
-    """EVENTS.jsonl as batches; errors name the line."""
+    """EVENTS.jsonl as batches of at most ``batch_size`` events; errors name the line. The file is
+    read in blocks of whole lines (about ``batch_size`` * 256 bytes: memory stays bounded), each
+    block split and checked for UTF-8 once, at C speed."""
+    last, line = -1, 1
     with Path(path).open("rb") as f:
-        yield from read_batches(f, batch_size=batch_size)
+        for lines, utf8 in _line_blocks(f, max(batch_size, 1) * 256):
+            for a in range(0, len(lines), batch_size):
+                chunk = lines[a : a + batch_size]
+                batch = read_chunk(chunk, first_line=line + a, last_us=last, utf8=utf8)
+                if len(batch):
+                    last = int(batch.ts_us[-1])
+                    yield batch
+            line += len(lines)
+
+
+def _line_blocks(f: IO[bytes], size: int) -> Iterator[tuple[list[bytes], bool]]:
+    """Whole lines, about ``size`` bytes at a time, and whether the block is valid UTF-8."""
+    while block := f.read(size):
+        if not block.endswith(b"\n"):
+            block += f.readline()  # complete the last line
+        lines = block.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the text after the final newline: none
+        yield lines, block.isascii() or _is_utf8(block)
+
+
+def _is_utf8(block: bytes) -> bool:
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _line(event_id: str, score: float, alert: bool, incident: str | None, reasons: tuple[str, ...]) -> str:
@@ -47,16 +78,43 @@ def _line(event_id: str, score: float, alert: bool, incident: str | None, reason
     )
 
 
+_HEAD = '{"event_id":"'
+_QUIET = '","score":0.0,"alert":false,"incident_id":null,"reasons":[]}\n'  # the line of a 0.0 score
+
+
 def write_scores(out: IO[str], scored: ScoredBatch) -> None:
-    """OUT.jsonl lines for a scored batch: event_id, score, alert, incident_id, reasons."""
-    score, alert, ids, inc, reasons = (
-        scored.score.tolist(),
-        scored.alert.tolist(),
-        scored.event_id,
-        scored.incident_id,
-        scored.reasons,
-    )
-    out.writelines(_line(ids[i], score[i], alert[i], inc[i], reasons.get(i, ())) for i in range(len(ids)))
+    """OUT.jsonl lines for a scored batch: event_id, score, alert, incident_id, reasons.
+
+    Most events score 0.0 and their lines differ only in the event id: when no id in the batch
+    needs escaping in JSON, each run of such lines is one ``str.join`` and the rest go through
+    :func:`_line`; the text is the same either way (tests/unit/monitor/test_files.py)."""
+    ids, inc, reasons = scored.event_id, scored.incident_id, scored.reasons
+    n = len(ids)
+    joined = "".join(ids)
+    if not (joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined):
+        score, alert = scored.score.tolist(), scored.alert.tolist()
+        out.write("".join(_line(ids[i], score[i], alert[i], inc[i], reasons.get(i, ())) for i in range(n)))
+        return
+    quiet = (scored.score == 0.0) & ~np.signbit(scored.score) & ~scored.alert
+    for i, why in reasons.items():
+        if why:
+            quiet[i] = False
+    if inc.count(None) != n:
+        for i, x in enumerate(inc):
+            if x is not None:
+                quiet[i] = False
+    loud = np.flatnonzero(~quiet).tolist()
+    score, alert = scored.score[loud].tolist(), scored.alert[loud].tolist()
+    parts: list[str] = []
+    prev = 0
+    for k, i in enumerate(loud):
+        if i > prev:
+            parts.append(_HEAD + (_QUIET + _HEAD).join(ids[prev:i]) + _QUIET)
+        parts.append(_line(ids[i], score[k], alert[k], inc[i], reasons.get(i, ())))
+        prev = i + 1
+    if n > prev:
+        parts.append(_HEAD + (_QUIET + _HEAD).join(ids[prev:n]) + _QUIET)
+    out.write("".join(parts))
 
 
 @dataclass(frozen=True, slots=True)
