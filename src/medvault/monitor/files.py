@@ -107,10 +107,19 @@ def write_scores(out: IO[str], scored: ScoredBatch) -> None:
     score, alert = scored.score[loud].tolist(), scored.alert[loud].tolist()
     parts: list[str] = []
     prev = 0
+    texts: dict[object, str] = {None: "null", (): "[]"}  # JSON of reasons and incident ids, once each
     for k, i in enumerate(loud):
         if i > prev:
             parts.append(_HEAD + (_QUIET + _HEAD).join(ids[prev:i]) + _QUIET)
-        parts.append(_line(ids[i], score[k], alert[k], inc[i], reasons.get(i, ())))
+        why, case = reasons.get(i, ()), inc[i]
+        if (why_text := texts.get(why)) is None:
+            why_text = texts[why] = json.dumps(list(why), ensure_ascii=False)
+        if (case_text := texts.get(case)) is None:
+            case_text = texts[case] = json.dumps(case)
+        parts.append(
+            f'{_HEAD}{ids[i]}","score":{round(score[k], 6)!r},"alert":{"true" if alert[k] else "false"},'
+            f'"incident_id":{case_text},"reasons":{why_text}}}\n'
+        )
         prev = i + 1
     if n > prev:
         parts.append(_HEAD + (_QUIET + _HEAD).join(ids[prev:n]) + _QUIET)
