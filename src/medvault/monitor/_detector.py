@@ -129,6 +129,10 @@ class _Vocab:
 
     def intern(self, values: Sequence[str | None]) -> I64:
         ids, names = self.ids, self.names
+        try:  # every name known (most batches): one C-speed pass
+            return np.fromiter(map(ids.get, values), dtype=np.int64, count=len(values))
+        except TypeError:  # a name seen for the first time (ids.get gave None)
+            pass
         codes: list[int | None] = list(map(ids.get, values))
         if None in codes:  # names seen for the first time, in order of appearance
             for i in [i for i, c in enumerate(codes) if c is None]:
@@ -179,7 +183,8 @@ def _first_index(keys: I64) -> tuple[I64, I64, I64]:
 
 def _lookup(d: Mapping[int, int], keys: I64, default: int = -1) -> I64:
     """``d[k]`` (or ``default``) for each key, at C speed."""
-    return np.array(list(map(d.get, keys.tolist(), itertools.repeat(default, len(keys)))), dtype=np.int64)
+    n = len(keys)
+    return np.fromiter(map(d.get, keys.tolist(), itertools.repeat(default, n)), dtype=np.int64, count=n)
 
 
 def _clip(x: F64, cap: float) -> F64:
@@ -1024,20 +1029,19 @@ class OnlineMonitor:
         last = len(u) - 1 - np.unique(u[::-1], return_index=True)[1]
         ui["role"][u[last]] = ids["role"][last]
         today = self.day
-        for k in np.unique(pair[touch]).tolist():
-            self.pair_seen[k] = today
-        for k in np.unique(tkey[touch & explained]).tolist():
-            self.team_explained[k] = today
+        self.pair_seen.update(dict.fromkeys(np.unique(pair[touch]).tolist(), today))
+        self.team_explained.update(dict.fromkeys(np.unique(tkey[touch & explained]).tolist(), today))
         si = np.flatnonzero(source & (ids["dept"] >= 0))
-        for k, t in zip(dkey[si].tolist(), rel_t[si].tolist(), strict=True):
-            self.dept_source[k] = t
+        self.dept_source.update(zip(dkey[si].tolist(), rel_t[si].tolist(), strict=True))  # the last wins
         for key_id, user_key, key_users in (
             (ids["net"], self.user_net, self.net_users),
             (ids["dev"], self.user_dev, self.dev_users),
         ):
             ki = np.flatnonzero((key_id >= 0) & ~fail)  # only successful use teaches a network/device
-            pk = ((u[ki] << _SHIFT) | key_id[ki]).tolist()
-            for k, kid, t in zip(pk, key_id[ki].tolist(), rel_t[ki].tolist(), strict=True):
+            # each (user, key) pair once, at its first use in the batch (the earliest: time order)
+            pk, first = np.unique((u[ki] << _SHIFT) | key_id[ki], return_index=True)
+            ki = ki[first]
+            for k, kid, t in zip(pk.tolist(), key_id[ki].tolist(), rel_t[ki].tolist(), strict=True):
                 if k not in user_key:
                     user_key[k] = t
                     key_users[kid] = key_users.get(kid, 0) + 1
