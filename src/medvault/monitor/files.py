@@ -53,12 +53,12 @@ def read_event_file(path: Path, *, batch_size: int = DEFAULT_BATCH) -> Iterator[
 def _line_blocks(f: IO[bytes], size: int) -> Iterator[tuple[list[bytes], bool]]:
     """Whole lines, about ``size`` bytes at a time, and whether the block is valid UTF-8."""
     while block := f.read(size):
-        if not block.endswith(b"\n"):
-            block += f.readline()  # complete the last line
+        rest = b"" if block.endswith(b"\n") else f.readline()  # the rest of the last line
         lines = block.split(b"\n")
+        lines[-1] += rest
         if not lines[-1]:
             lines.pop()  # the text after the final newline: none
-        yield lines, block.isascii() or _is_utf8(block)
+        yield lines, (block.isascii() and rest.isascii()) or _is_utf8(block + rest)
 
 
 def _is_utf8(block: bytes) -> bool:
@@ -155,7 +155,7 @@ def replay_file(
             write_scores(out, scored)
             n += len(scored)
             alerts += int(scored.alert.sum())
-            incidents.update(i for i in scored.incident_id if i is not None)
+            incidents.update(inc.incident_id for inc in scored.incidents.values())
             if on_batch is not None:
                 on_batch(len(scored))
     return ReplaySummary(events=n, alerts=alerts, incidents=len(incidents))
