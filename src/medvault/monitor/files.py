@@ -55,7 +55,7 @@ def _line_blocks(f: IO[bytes], size: int) -> Iterator[tuple[list[bytes], bool]]:
     while block := f.read(size):
         rest = b"" if block.endswith(b"\n") else f.readline()  # the rest of the last line
         lines = block.split(b"\n")
-        lines[-1] += rest
+        lines[-1] += rest.removesuffix(b"\n")
         if not lines[-1]:
             lines.pop()  # the text after the final newline: none
         yield lines, (block.isascii() and rest.isascii()) or _is_utf8(block + rest)
