@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
 import json
@@ -229,3 +230,24 @@ def test_file_errors_name_the_line_past_block_ends(
         replay_file(src, tmp_path / "OUT.jsonl", batch_size=10)
     assert getattr(info.value, "line", None) == n + 3 and words in str(info.value)
     assert f"line {n + 3}:" in str(info.value)
+
+
+def test_replay_pauses_the_cyclic_gc_and_leaves_no_cycles(tmp_path: Path) -> None:
+    events = make_log(seed=4, days=6, per_day=120)
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    seen: list[bool] = []
+    gc.collect()
+    replay_file(
+        src,
+        tmp_path / "OUT.jsonl",
+        directory=directory(),
+        batch_size=50,
+        on_batch=lambda _: seen.append(gc.isenabled()),
+    )
+    assert gc.collect() == 0  # nothing was left for the collector: pausing it loses no memory
+    assert gc.isenabled() and seen and not any(seen)
+    src.write_text(src.read_text().replace('"view"', '"peek"', 1))
+    with pytest.raises(UnknownAction):
+        replay_file(src, tmp_path / "OUT.jsonl", directory=directory())
+    assert gc.isenabled()
