@@ -64,6 +64,42 @@ _VERSION_RE = re.compile(r"[0-9][0-9._]*")
 
 Severity = str  # "none" | "low" | "medium" | "high" | "critical"
 
+# positions of the rules in a row of points (the explanation path indexes plain lists)
+_RULE_NAMES = tuple(rule.value for rule in RULES)
+_K_BREAK_GLASS = RULES.index(Rule.BREAK_GLASS)
+_K_FAILED_LOGIN_ADDRESS = RULES.index(Rule.FAILED_LOGIN_ADDRESS)
+_K_FAILED_LOGIN_USER = RULES.index(Rule.FAILED_LOGIN_USER)
+_K_NEW_DEVICE = RULES.index(Rule.NEW_DEVICE)
+_K_NEW_NETWORK = RULES.index(Rule.NEW_NETWORK)
+_K_NEW_PATIENTS = RULES.index(Rule.NEW_PATIENTS)
+_K_OUTSIDE_SHIFT = RULES.index(Rule.OUTSIDE_SHIFT)
+_K_RARE_ACTION = RULES.index(Rule.RARE_ACTION)
+_K_RESEARCHER_IDENTIFIED = RULES.index(Rule.RESEARCHER_IDENTIFIED)
+_K_UNEXPLAINED_ACCESS = RULES.index(Rule.UNEXPLAINED_ACCESS)
+_K_UNUSUAL_HOUR = RULES.index(Rule.UNUSUAL_HOUR)
+_K_VIP = RULES.index(Rule.VIP)
+_K_VOLUME_OUT = RULES.index(Rule.VOLUME_OUT)
+_K_VOLUME_READ = RULES.index(Rule.VOLUME_READ)
+_K_VOLUME_WEEK = RULES.index(Rule.VOLUME_WEEK)
+_FEATURES = (
+    "hour",
+    "failed_logins_user",
+    "failed_logins_address",
+    "reads_today",
+    "reads_norm",
+    "downloads_exports_today",
+    "downloads_exports_norm",
+    "downloads_exports_7d",
+    "unexplained_patients_today",
+    "unexplained_patients_norm",
+    "hour_surprise",
+    "action_surprise",
+    "unexplained_surprise",
+    "first_access_to_patient",
+    "care_relation",
+    "network_first_seen_s",
+)
+
 
 def _network(ip: str) -> str:
     """IPv4 /24 or IPv6 /64 of an address (string work only: cheap and total)."""
@@ -93,6 +129,10 @@ class _Vocab:
 
     def intern(self, values: Sequence[str | None]) -> I64:
         ids, names = self.ids, self.names
+        try:  # every name known (most batches): one C-speed pass
+            return np.fromiter(map(ids.get, values), dtype=np.int64, count=len(values))
+        except TypeError:  # a name seen for the first time (ids.get gave None)
+            pass
         codes: list[int | None] = list(map(ids.get, values))
         if None in codes:  # names seen for the first time, in order of appearance
             for i in [i for i, c in enumerate(codes) if c is None]:
@@ -143,7 +183,8 @@ def _first_index(keys: I64) -> tuple[I64, I64, I64]:
 
 def _lookup(d: Mapping[int, int], keys: I64, default: int = -1) -> I64:
     """``d[k]`` (or ``default``) for each key, at C speed."""
-    return np.array(list(map(d.get, keys.tolist(), itertools.repeat(default, len(keys)))), dtype=np.int64)
+    n = len(keys)
+    return np.fromiter(map(d.get, keys.tolist(), itertools.repeat(default, n)), dtype=np.int64, count=n)
 
 
 def _clip(x: F64, cap: float) -> F64:
@@ -732,51 +773,63 @@ class OnlineMonitor:
         out.alert[sl] = alert
 
         # -- explanations and incidents (only the few events that score) ---------------------
-        for i in np.flatnonzero(score >= r.reason_floor).tolist():
-            s = float(score[i])
-            j = offset + i
-            out.severity[j] = (
-                "critical"
-                if s >= r.critical_score
-                else "high"
-                if s >= r.high_score
-                else "medium"
-                if s >= r.alert_score
-                else "low"
+        # the features of those events are gathered as arrays first, then walked as lists
+        idx = np.flatnonzero(score >= r.reason_floor)
+        if len(idx):
+            f64 = np.float64
+            net_age = np.where(net_first >= 0, (rel_t - net_first).astype(f64), -1.0)
+            columns = [
+                hour.astype(f64),
+                n_fail_user.astype(f64),
+                n_fail_addr.astype(f64),
+                x_read.astype(f64),
+                norm("mu_read"),
+                x_out.astype(f64),
+                norm("mu_out"),
+                x_week.astype(f64),
+                x_new.astype(f64),
+                norm("mu_new"),
+                hour_cost,
+                action_cost,
+                unexpl_cost,
+                (touch & ~pair_seen).astype(f64),
+                explained.astype(f64),
+                net_age,
+            ]
+            rows = zip(*(np.asarray(c[idx], dtype=f64).tolist() for c in columns), strict=True)
+            flags = zip(
+                idx.tolist(),
+                score[idx].tolist(),
+                pts[idx].tolist(),
+                access[idx].tolist(),
+                pair_seen[idx].tolist(),
+                dir_dept[idx].tolist(),
+                net_known[idx].tolist(),
+                act[idx].tolist(),
+                alert[idx].tolist(),
+                u[idx].tolist(),
+                batch.ts_us[idx].tolist(),
+                strict=True,
             )
-            feats = {
-                "hour": float(hour[i]),
-                "failed_logins_user": float(n_fail_user[i]),
-                "failed_logins_address": float(n_fail_addr[i]),
-                "reads_today": float(x_read[i]),
-                "reads_norm": float(norm("mu_read")[i]),
-                "downloads_exports_today": float(x_out[i]),
-                "downloads_exports_norm": float(norm("mu_out")[i]),
-                "downloads_exports_7d": float(x_week[i]),
-                "unexplained_patients_today": float(x_new[i]),
-                "unexplained_patients_norm": float(norm("mu_new")[i]),
-                "hour_surprise": float(hour_cost[i]),
-                "action_surprise": float(action_cost[i]),
-                "unexplained_surprise": float(unexpl_cost[i]),
-                "first_access_to_patient": float(touch[i] and not pair_seen[i]),
-                "care_relation": float(explained[i]),
-                "network_first_seen_s": float(rel_t[i] - net_first[i]) if net_first[i] >= 0 else -1.0,
-            }
-            out.features[j] = feats
-            out.reasons[j] = tuple(
-                self._reasons(
-                    pts[i],
-                    feats,
-                    bool(access[i]),
-                    bool(pair_seen[i]),
-                    bool(dir_dept[i]),
-                    bool(net_known[i]),
-                    ACTIONS[int(act[i])].value,
+            for values, (i, s, p, acc, seen, ddept, nknown, a, alerting, ui_, t_us) in zip(
+                rows, flags, strict=True
+            ):
+                j = offset + i
+                out.severity[j] = (
+                    "critical"
+                    if s >= r.critical_score
+                    else "high"
+                    if s >= r.high_score
+                    else "medium"
+                    if s >= r.alert_score
+                    else "low"
                 )
-            )
-            if alert[i]:
-                out.incidents[j] = self._incident(int(u[i]), int(batch.ts_us[i]), s, pts[i])
-                out.incident_id[j] = out.incidents[j].incident_id
+                feats = dict(zip(_FEATURES, values, strict=True))
+                out.features[j] = feats
+                out.reasons[j] = tuple(self._reasons(p, feats, acc, seen, ddept, nknown, ACTIONS[a].value))
+                if alerting:
+                    out.incidents[j] = self._incident(ui_, t_us, s, p)
+                    out.incident_id[j] = out.incidents[j].incident_id
         self._learn(
             batch,
             ids,
@@ -863,7 +916,7 @@ class OnlineMonitor:
 
     def _reasons(
         self,
-        p: F64,
+        p: list[float],
         f: dict[str, float],
         access: bool,
         seen: bool,
@@ -872,60 +925,59 @@ class OnlineMonitor:
         action: str,
     ) -> list[str]:
         out: list[str] = []
-        pts = dict(zip(RULES, p.tolist(), strict=True))
-        if pts[Rule.UNEXPLAINED_ACCESS] > 0 or (pts[Rule.VIP] > 0 and f["care_relation"] == 0):
+        if p[_K_UNEXPLAINED_ACCESS] > 0 or (p[_K_VIP] > 0 and f["care_relation"] == 0):
             out.append(
                 ("first access to this patient" if not seen else "repeat access to this patient")
                 + "; no care relation (not the care team or department, no study sent to the department,"
                 " no explained prior access by the team)"
             )
-        if pts[Rule.NEW_PATIENTS] > 0:
+        if p[_K_NEW_PATIENTS] > 0:
             out.append(
                 f"{f['unexplained_patients_today']:.0f} unexplained patients today"
                 f" (norm {f['unexplained_patients_norm']:.1f})"
             )
-        if pts[Rule.VIP] > 0:
+        if p[_K_VIP] > 0:
             out.append("VIP patient")
-        if pts[Rule.BREAK_GLASS] > 0:
+        if p[_K_BREAK_GLASS] > 0:
             out.append("break-glass access")
-        if pts[Rule.RESEARCHER_IDENTIFIED] > 0:
+        if p[_K_RESEARCHER_IDENTIFIED] > 0:
             out.append("researcher without identified-data approval accessed identified data")
-        if pts[Rule.OUTSIDE_SHIFT] > 0:
+        if p[_K_OUTSIDE_SHIFT] > 0:
             out.append(f"outside shift (hour {f['hour']:.0f})")
-        if pts[Rule.UNUSUAL_HOUR] > 0:
+        if p[_K_UNUSUAL_HOUR] > 0:
             out.append(f"unusual hour for this user (hour {f['hour']:.0f})")
-        if pts[Rule.RARE_ACTION] > 0:
+        if p[_K_RARE_ACTION] > 0:
             out.append(f"{action}: an action this user rarely takes")
-        if pts[Rule.VOLUME_READ] > 0:
+        if p[_K_VOLUME_READ] > 0:
             out.append(f"{f['reads_today']:.0f} views/retrievals today (norm {f['reads_norm']:.1f})")
-        if pts[Rule.VOLUME_OUT] > 0:
+        if p[_K_VOLUME_OUT] > 0:
             out.append(
                 f"{f['downloads_exports_today']:.0f} downloads/exports today"
                 f" (norm {f['downloads_exports_norm']:.1f})"
             )
-        if pts[Rule.VOLUME_WEEK] > 0:
+        if p[_K_VOLUME_WEEK] > 0:
             out.append(
                 f"{f['downloads_exports_7d']:.0f} downloads/exports in 7 days"
                 f" (norm {7 * f['downloads_exports_norm']:.1f})"
             )
-        if pts[Rule.NEW_NETWORK] > 0:
+        if p[_K_NEW_NETWORK] > 0:
             out.append(
                 "network new for this user" + (" (known on site)" if net_known else ", unknown on site")
             )
-        if pts[Rule.NEW_DEVICE] > 0:
+        if p[_K_NEW_DEVICE] > 0:
             out.append("device (user agent) new for this user and on site")
-        if pts[Rule.FAILED_LOGIN_USER] > 0:
+        if p[_K_FAILED_LOGIN_USER] > 0:
             out.append(f"{f['failed_logins_user']:.0f} failed sign-ins of this user in the window")
-        if pts[Rule.FAILED_LOGIN_ADDRESS] > 0:
+        if p[_K_FAILED_LOGIN_ADDRESS] > 0:
             out.append(f"{f['failed_logins_address']:.0f} failed sign-ins from this address in the window")
         if access and dept_only and not out:
             out.append("department relation only")
         return out
 
-    def _incident(self, u: int, t_us: int, score: float, p: F64) -> Incident:
+    def _incident(self, u: int, t_us: int, score: float, p: list[float]) -> Incident:
         gap = int(self.rules.incident_gap_hours * 3_600_000_000)
         inc = self.open.get(u)
-        fired = [rule.value for rule, v in zip(RULES, p.tolist(), strict=True) if v > 0]
+        fired = [name for name, v in zip(_RULE_NAMES, p, strict=True) if v > 0]
         if inc is None or t_us - inc.last_us > gap:
             inc = _Open(f"inc-{self.next_incident:06d}", self.users.names[u], t_us, t_us, 0, 0.0)
             self.next_incident += 1
@@ -977,20 +1029,19 @@ class OnlineMonitor:
         last = len(u) - 1 - np.unique(u[::-1], return_index=True)[1]
         ui["role"][u[last]] = ids["role"][last]
         today = self.day
-        for k in np.unique(pair[touch]).tolist():
-            self.pair_seen[k] = today
-        for k in np.unique(tkey[touch & explained]).tolist():
-            self.team_explained[k] = today
+        self.pair_seen.update(dict.fromkeys(np.unique(pair[touch]).tolist(), today))
+        self.team_explained.update(dict.fromkeys(np.unique(tkey[touch & explained]).tolist(), today))
         si = np.flatnonzero(source & (ids["dept"] >= 0))
-        for k, t in zip(dkey[si].tolist(), rel_t[si].tolist(), strict=True):
-            self.dept_source[k] = t
+        self.dept_source.update(zip(dkey[si].tolist(), rel_t[si].tolist(), strict=True))  # the last wins
         for key_id, user_key, key_users in (
             (ids["net"], self.user_net, self.net_users),
             (ids["dev"], self.user_dev, self.dev_users),
         ):
             ki = np.flatnonzero((key_id >= 0) & ~fail)  # only successful use teaches a network/device
-            pk = ((u[ki] << _SHIFT) | key_id[ki]).tolist()
-            for k, kid, t in zip(pk, key_id[ki].tolist(), rel_t[ki].tolist(), strict=True):
+            # each (user, key) pair once, at its first use in the batch (the earliest: time order)
+            pk, first = np.unique((u[ki] << _SHIFT) | key_id[ki], return_index=True)
+            ki = ki[first]
+            for k, kid, t in zip(pk.tolist(), key_id[ki].tolist(), rel_t[ki].tolist(), strict=True):
                 if k not in user_key:
                     user_key[k] = t
                     key_users[kid] = key_users.get(kid, 0) + 1

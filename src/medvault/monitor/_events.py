@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -225,105 +225,222 @@ def read_batches(
     lines: Iterable[str | bytes], *, batch_size: int = 32_768, first_line: int = 1
 ) -> Iterator[EventBatch]:
     """JSONL lines straight into :class:`EventBatch` columns (no per-event objects: the fast path
-    of file replay), with the same checks as :func:`iter_events`, naming the line.
-
-    Each chunk is first read column-wise (one ``json.loads`` for the chunk, checks per column);
-    whatever that fast reader does not accept outright, the chunk is read again line by line by
-    :func:`_fields`, which either accepts it or raises the precise error. So the fast reader only
-    ever takes a subset of what the line reader takes, with the same values."""
+    of file replay), with the same checks as :func:`iter_events`, naming the line."""
     last = -1
-    chunk: list[tuple[int, str | bytes]] = []
+    chunk: list[str | bytes] = []
+    start = first_line
+    for n, text in enumerate(lines, start=first_line):
+        if not chunk:
+            start = n
+        chunk.append(text)
+        if len(chunk) >= batch_size:
+            batch = read_chunk(chunk, first_line=start, last_us=last)
+            if len(batch):
+                last = int(batch.ts_us[-1])
+                yield batch
+            chunk = []
+    if chunk:
+        batch = read_chunk(chunk, first_line=start, last_us=last)
+        if len(batch):
+            yield batch
 
-    def flush() -> EventBatch:
-        nonlocal last
-        fast = _fast_chunk([t for _, t in chunk], last)
-        if fast is None:
-            cols: list[list[Any]] = [[] for _ in range(13)]
-            for n, text in chunk:
-                f = _fields(text, n)
-                if f[1] < last:
-                    raise EventOutOfOrder(
-                        "event is earlier than the event before it", line=n, hint="Sort the log by 'ts'."
-                    )
-                last = f[1]
-                for c, v in zip(cols, f, strict=True):
-                    c.append(v)
-            return _batch(cols)
-        last = int(fast.ts_us[-1])
+
+def read_chunk(
+    lines: Sequence[str | bytes], *, first_line: int, last_us: int = -1, utf8: bool | None = None
+) -> EventBatch:
+    """Consecutive JSONL lines (``first_line`` is the number of the first; blank lines are
+    skipped) as one :class:`EventBatch`, every event at or after ``last_us``.
+
+    The chunk is first read by :func:`_fast_chunk` (msgspec decodes and type-checks each line in
+    C, columns are checked as arrays); whatever that reader does not accept outright, the chunk
+    is read again line by line by :func:`_fields`, which either accepts it or raises the precise
+    error naming the line. So the fast reader only ever takes a subset of what the line reader
+    takes, with the same values (tests/unit/monitor/test_events.py checks both on arbitrary
+    lines). ``utf8`` says the caller already knows whether the bytes are valid UTF-8."""
+    fast = _fast_chunk(lines, last_us, utf8)
+    if fast is None and not all(t.strip() for t in lines):
+        fast = _fast_chunk([t for t in lines if t.strip()], last_us, utf8)
+    if fast is not None:
         return fast
-
+    cols: list[list[Any]] = [[] for _ in range(13)]
+    last = last_us
     for n, text in enumerate(lines, start=first_line):
         if not text.strip():
             continue
-        chunk.append((n, text))
-        if len(chunk) >= batch_size:
-            yield flush()
-            chunk = []
-    if chunk:
-        yield flush()
+        f = _fields(text, n)
+        if f[1] < last:
+            raise EventOutOfOrder(
+                "event is earlier than the event before it", line=n, hint="Sort the log by 'ts'."
+            )
+        last = f[1]
+        for c, v in zip(cols, f, strict=True):
+            c.append(v)
+    return _batch(cols)
 
 
-_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z\Z")
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=_MAX_TEXT)]
+# the names of ACTIONS, spelled out for the type checker (a test pins them to ACTIONS)
+_ActionName = Literal[
+    "login",
+    "logout",
+    "query",
+    "view",
+    "retrieve",
+    "download",
+    "export",
+    "store",
+    "report",
+    "query_deid",
+    "retrieve_deid",
+    "admin_config",
+    "user_mgmt",
+    "audit_query",
+]
 
 
-def _ok_text(col: list[Any]) -> bool:
-    return all(type(x) is str and 0 < len(x) <= _MAX_TEXT for x in col)
+class _Row(msgspec.Struct, gc=False):
+    """One line as the fast reader takes it: types and text lengths are checked by msgspec in C
+    (``ts``, ``action`` and ``outcome`` are checked column-wise after decoding)."""
+
+    event_id: _Text
+    ts: str
+    user: _Text
+    action: _ActionName
+    outcome: Literal["success", "failure"]
+    role: _Text | None = None
+    dept: _Text | None = None
+    patient_id: _Text | None = None
+    study_uid: _Text | None = None
+    size: Annotated[int, msgspec.Meta(ge=0, lt=2**62)] | None = msgspec.field(default=None, name="bytes")
+    src_ip: _Text | None = None
+    user_agent: _Text | None = None
+    break_glass: bool = False
 
 
-def _ok_opt_text(col: list[Any]) -> bool:
-    return all(x is None or (type(x) is str and 0 < len(x) <= _MAX_TEXT) for x in col)
+_DECODE = msgspec.json.Decoder(_Row).decode
+_OUTCOMES = frozenset(("success", "failure"))
 
 
-def _fast_chunk(texts: list[str | bytes], last: int) -> EventBatch | None:
-    """The column-wise reader; None means "read these lines one by one"."""
+def _fast_chunk(lines: Sequence[str | bytes], last: int, utf8: bool | None) -> EventBatch | None:
+    """The fast reader; None means "read these lines one by one"."""
+    if not lines:
+        return None
     try:
-        joined = b",".join(t if isinstance(t, bytes) else t.encode("utf-8") for t in texts)
-        raws = json.loads(b"[" + joined + b"]")
-    except (ValueError, UnicodeError):
+        if utf8 is None:
+            # msgspec does not check the UTF-8 of keys it skips; json.loads does
+            blob = b"".join(t if isinstance(t, bytes) else t.encode("utf-8") for t in lines)
+            utf8 = blob.isascii() or _is_utf8(blob)
+        if not utf8:
+            return None
+        rows = list(map(_DECODE, lines))
+    except (msgspec.DecodeError, UnicodeError):
         return None
-    if len(raws) != len(texts) or not all(type(r) is dict for r in raws):
-        return None
-    cols = {k: [r.get(k) for r in raws] for k in (*_REQUIRED, *_OPTIONAL_TEXT, "bytes")}
-    glass = [r.get("break_glass", False) for r in raws]
+    n = len(rows)
     try:
-        codes = [ACTION_CODE.get(a) for a in cols["action"]]
-        outcomes = set(cols["outcome"])
-    except TypeError:  # unhashable JSON values
+        codes = np.fromiter(map(ACTION_CODE.get, [r.action for r in rows]), dtype=np.int8, count=n)
+    except TypeError:  # not an action (cannot happen past the Literal type; checked anyway)
         return None
-    ts = cols["ts"]
-    sizes = [0 if b is None else b for b in cols["bytes"]]
-    if (
-        None in codes
-        or not outcomes <= {"success", "failure"}
-        or not _ok_text(cols["event_id"])
-        or not _ok_text(cols["user"])
-        or not all(_ok_opt_text(cols[k]) for k in _OPTIONAL_TEXT)
-        or not all(type(b) is int and 0 <= b < 2**62 for b in sizes)
-        or not all(g is True or g is False for g in glass)
-        or not all(type(t) is str and _TS_RE.match(t) for t in ts)
-    ):
+    outcome = [r.outcome for r in rows]
+    if not _OUTCOMES.issuperset(outcome):
         return None
-    try:
-        ts_us = np.array([t[:-1] for t in ts], dtype="datetime64[us]").astype(np.int64)
-    except ValueError:
+    ts_us = _ts_column([r.ts for r in rows])
+    if ts_us is None or ts_us[0] < last or bool(np.any(ts_us[1:] < ts_us[:-1])):
         return None
-    if ts_us[0] < last or bool(np.any(ts_us[1:] < ts_us[:-1])):
-        return None
+    sizes = [r.size for r in rows]
+    if None in sizes:
+        sizes = [0 if b is None else b for b in sizes]
     return EventBatch(
-        event_id=cols["event_id"],
+        event_id=[r.event_id for r in rows],
         ts_us=ts_us,
-        user=cols["user"],
-        role=cols["role"],
-        dept=cols["dept"],
-        action=np.array(codes, dtype=np.int8),
-        patient_id=cols["patient_id"],
-        study_uid=cols["study_uid"],
+        user=[r.user for r in rows],
+        role=[r.role for r in rows],
+        dept=[r.dept for r in rows],
+        action=codes,
+        patient_id=[r.patient_id for r in rows],
+        study_uid=[r.study_uid for r in rows],
         bytes=np.array(sizes, dtype=np.int64),
-        src_ip=cols["src_ip"],
-        user_agent=cols["user_agent"],
-        failure=np.array([o == "failure" for o in cols["outcome"]], dtype=np.bool_),
-        break_glass=np.array(glass, dtype=np.bool_),
+        src_ip=[r.src_ip for r in rows],
+        user_agent=[r.user_agent for r in rows],
+        failure=np.fromiter(map("failure".__eq__, outcome), dtype=np.bool_, count=n),
+        break_glass=np.array([r.break_glass for r in rows], dtype=np.bool_),
     )
+
+
+def _is_utf8(blob: bytes) -> bool:
+    try:
+        blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# positions in YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z, the one form of ``ts`` the fast reader takes
+_TS_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_TS_SEPS = np.array([4, 7, 10, 13, 16]), np.frombuffer(b"--T::", dtype=np.uint8)
+_CUM_DAYS = np.array([0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365], dtype=np.int64)
+
+
+def _ts_column(ts: list[str]) -> npt.NDArray[np.int64] | None:
+    """Microseconds since the epoch for UTC stamps ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (1 to 6
+    fraction digits), as array arithmetic; None when any stamp has another form (an offset,
+    say), which the line reader then parses. Exact integers, the same as :func:`_ts_us`."""
+    joined = "".join(ts)
+    if not joined.isascii():
+        return None
+    lengths = np.fromiter(map(len, ts), dtype=np.int64, count=len(ts))
+    out = np.empty(len(ts), dtype=np.int64)
+    raw = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    one_width = int(lengths.min()) == int(lengths.max())
+    starts = None if one_width else np.cumsum(lengths) - lengths
+    for width in np.unique(lengths).tolist():
+        if width != 20 and not 22 <= width <= 27:
+            return None
+        if starts is None:  # every stamp has the same form (most logs): a plain reshape
+            rows: npt.NDArray[np.intp] | slice = slice(None)
+            c = raw.reshape(-1, width)
+        else:
+            rows = np.flatnonzero(lengths == width)
+            c = raw[starts[rows, None] + np.arange(width)]  # (k, width) characters
+        if width > 20:
+            digits = np.concatenate([_TS_DIGITS, np.arange(20, width - 1)])
+            frac = c[:, 20 : width - 1].astype(np.int64) - 48
+        else:
+            digits = _TS_DIGITS
+        d8 = c[:, digits] - np.uint8(48)  # a non-digit wraps around to > 9
+        d = d8.astype(np.int64)
+        if (
+            bool(np.any(d8 > 9))
+            or bool(np.any(c[:, _TS_SEPS[0]] != _TS_SEPS[1]))
+            or bool(np.any(c[:, width - 1] != ord("Z")))
+            or (width > 20 and bool(np.any(c[:, 19] != ord("."))))
+        ):
+            return None
+        year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+        month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+        hour, minute, second = d[:, 8] * 10 + d[:, 9], d[:, 10] * 10 + d[:, 11], d[:, 12] * 10 + d[:, 13]
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+        if (
+            bool(np.any(year < 1))
+            or bool(np.any((month < 1) | (month > 12)))
+            or bool(np.any((hour > 23) | (minute > 59) | (second > 59)))
+        ):
+            return None
+        month_days = _CUM_DAYS[month] - _CUM_DAYS[month - 1] + ((month == 2) & leap)
+        if bool(np.any((day < 1) | (day > month_days))):
+            return None
+        y = year - 1  # days before 1 January of ``year``, proleptic Gregorian, from 0001-01-01
+        days = y * 365 + y // 4 - y // 100 + y // 400 + _CUM_DAYS[month - 1] + ((month > 2) & leap) + day - 1
+        micros = np.zeros(len(c), dtype=np.int64)
+        if width > 20:
+            for k in range(width - 21):
+                micros += frac[:, k] * 10 ** (5 - k)
+        out[rows] = (
+            (((days - _DAYS_TO_EPOCH) * 24 + hour) * 60 + minute) * 60_000_000 + second * 1_000_000 + micros
+        )
+    return out
+
+
+_DAYS_TO_EPOCH = 719_162  # days from 0001-01-01 to 1970-01-01
 
 
 def _batch(cols: list[list[Any]]) -> EventBatch:

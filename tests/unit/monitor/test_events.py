@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from medvault.errors import EventInvalid, EventOutOfOrder, UnknownAction
 from medvault.monitor import Action, EventBatch, MonitorEvent, iter_events, parse_event_line, read_batches
-from medvault.monitor._events import ACTION_CODE
+from medvault.monitor._events import (
+    _MAX_TEXT,
+    ACTION_CODE,
+    _ActionName,
+    _fast_chunk,
+    _parse_ts,
+    _ts_column,
+    _ts_us,
+    read_chunk,
+)
 
 from .conftest import make_log
 
@@ -190,3 +200,151 @@ def test_fast_and_line_readers_agree(rows: list[dict[str, object]]) -> None:
     got = list(read_batches(lines))
     assert len(got) == 1
     _same(got[0], expected)
+
+
+# -- the fast reader (msgspec) against the line reader ----------------------------------------------
+
+
+def _reference(lines: list[bytes]) -> EventBatch | EventInvalid:
+    """The line reader alone: what every line means, or the error naming the bad one."""
+    try:
+        return EventBatch.of(list(iter_events(lines)))
+    except EventInvalid as exc:
+        return exc
+
+
+def test_action_names_are_the_actions() -> None:
+    assert get_args(_ActionName) == tuple(ACTION_CODE)
+
+
+def test_fast_reader_takes_an_ordinary_log() -> None:
+    # the speed depends on this path being taken: a reader that always fell back would be correct
+    lines = [json.dumps(e.to_json()).encode() for e in make_log(seed=2, days=3)]
+    fast = _fast_chunk(lines, -1, None)
+    assert fast is not None
+    expected = _reference(lines)
+    assert isinstance(expected, EventBatch)
+    _same(fast, expected)
+
+
+ts_text = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)).flatmap(
+        lambda d: st.sampled_from(
+            [
+                d.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                d.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                d.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                d.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-5] + "Z",
+                d.strftime("%Y-%m-%dT%H:%M:%S.%f") + "7Z",
+                d.strftime("%Y-%m-%dT%H:%M:%S+02:00"),
+                d.strftime("%Y-%m-%dT%H:%M:%S.Z"),
+                d.strftime("%Y-%m-%d %H:%M:%SZ"),
+                d.strftime("%Y-%m-%dt%H:%M:%Sz"),
+                d.strftime("%Y-%m-%dT%H:%M:%S"),
+            ]
+        )
+    ),
+    st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,7})?Z\Z"),
+    st.sampled_from(["0000-01-01T00:00:00Z", "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "x", ""]),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(ts_text, min_size=1, max_size=5))
+def test_ts_column_equals_the_line_reader(stamps: list[str]) -> None:
+    got = _ts_column(stamps)
+    expected: list[int] = []
+    for s in stamps:
+        try:
+            expected.append(_ts_us(_parse_ts(s, None)))
+        except EventInvalid:
+            assert got is None  # the fast reader never takes a stamp the line reader refuses
+            return
+    if got is not None:
+        assert got.tolist() == expected
+
+
+long = st.integers(_MAX_TEXT - 1, _MAX_TEXT + 1).map(lambda k: "é" * k)
+any_text = st.text(max_size=12) | long | st.sampled_from(["", '"', "\\", "\x00", "\u2028", "\ud800"])
+any_value = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 2**64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | any_text
+    | st.lists(st.integers(), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+SEQ = "<next stamp>"  # replaced by a stamp later than the one before (most logs are in order)
+
+
+def often(good: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Mostly a good value, sometimes anything (so whole rows are often valid)."""
+    return st.integers(0, 9).flatmap(lambda k: any_value if k == 9 else good)
+
+
+text_ok = st.text(min_size=1, max_size=8)
+row = st.fixed_dictionaries(
+    {
+        "event_id": often(text_ok),
+        "ts": st.integers(0, 9).flatmap(
+            lambda k: ts_text if k == 8 else any_value if k == 9 else st.just(SEQ)
+        ),
+        "user": often(text_ok),
+        "action": often(st.sampled_from([*ACTION_NAMES, "peek", "LOGIN"])),
+        "outcome": often(st.sampled_from(["success", "failure"])),
+    },
+    optional={
+        **dict.fromkeys(
+            ("role", "dept", "patient_id", "study_uid", "src_ip", "user_agent"), often(st.none() | text_ok)
+        ),
+        "bytes": often(st.none() | st.integers(0, 2**63)),
+        "break_glass": often(st.booleans()),
+        "extra": any_value,
+    },
+)
+
+
+def _encode(r: dict[str, object], style: int) -> bytes:
+    """One JSON line in one of several spellings a site's export might use."""
+    if style == 0:
+        return json.dumps(r).encode()  # ASCII with \\u escapes
+    if style == 1:
+        return json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    if style == 2:
+        return (" " + json.dumps(r, indent=None, separators=(" , ", " : ")) + " \r").encode()
+    if style == 3:  # a duplicate key: the last one counts, in both readers
+        return (json.dumps(r)[:-1] + ', "action": "view"}').encode() if r else b"{}"
+    return json.dumps(r).encode() + b"\xff"  # not UTF-8
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(row, st.sampled_from([0, 0, 0, 1, 1, 2, 3, 4])), min_size=1, max_size=4),
+    st.lists(st.sampled_from([b"", b"  ", b"{", b"[]", b'{"a": 1} {"b": 2}', b"\xef\xbb\xbf{}"]), max_size=1)
+    | st.just([]),
+    st.integers(0, 5),
+)
+def test_fast_reader_is_a_subset_of_the_line_reader(
+    rows: list[tuple[dict[str, object], int]], junk: list[bytes], at: int
+) -> None:
+    for k, (r, _) in enumerate(rows):
+        if r["ts"] == SEQ:
+            r["ts"] = f"2026-03-02T08:{k:02d}:00.{k:06d}Z" if k % 2 else f"2026-03-02T08:{k:02d}:00Z"
+    lines = [_encode(r, style if style != 4 or at % 2 else 0) for r, style in rows]
+    lines[at % len(lines) : at % len(lines)] = junk
+    expected = _reference(lines)
+    fast = _fast_chunk(lines, -1, None)
+    event(f"fast reader {'took' if fast is not None else 'declined'}, line reader: {type(expected).__name__}")
+    if fast is not None:  # whatever the fast reader takes, the line reader takes, with the same values
+        assert isinstance(expected, EventBatch)
+        _same(fast, expected)
+    try:
+        got = read_chunk(lines, first_line=1)
+    except EventInvalid as exc:
+        assert isinstance(expected, EventInvalid)
+        assert (type(exc), exc.line, exc.message) == (type(expected), expected.line, expected.message)
+    else:
+        assert isinstance(expected, EventBatch)
+        _same(got, expected)
