@@ -26,7 +26,7 @@ from pydicom.uid import RLELossless
 
 import medvault.errors
 from medvault.dicom.dicomjson import PIXEL_DATA_TAGS, dataset_to_json
-from medvault.dicom.parse import ParsedInstance, parse_instance
+from medvault.dicom.parse import ParsedInstance, is_valid_uid, parse_instance
 from medvault.errors import InvalidInput, MedvaultError
 
 
@@ -54,6 +54,12 @@ def assert_equivalent(data: bytes, *, compare_dataset: bool = True) -> ParsedIns
         # The old path let pydicom's own exception escape (a crash on malformed data): the current
         # one must refuse the file cleanly instead.
         assert kind == "error" and new[0] == "InvalidInput", (new, old)
+        return None
+    if kind == "error" and old_kind == "ok" and "is not a valid UID" in new[1]:
+        # Ingest refuses UIDs that break PS3.5 §9.1 (issue 12, item 10), which the old path took:
+        # the refusal must be right, i.e. one of the instance's UIDs really is invalid.
+        uids = (old.sop_class_uid, old.sop_instance_uid, old.study_instance_uid, old.series_instance_uid)
+        assert not all(is_valid_uid(u) for u in uids), (new, uids)
         return None
     assert (kind, new if kind == "error" else None) == (old_kind, old if old_kind == "error" else None)
     if kind == "error":
