@@ -257,6 +257,7 @@ def test_the_same_flow_over_https_with_two_officers(world: tuple[Home, list[str]
             assert bundle.headers["content-type"] == "application/zip"
             with zipfile.ZipFile(io.BytesIO(bundle.content)) as zf:
                 assert sum(n.endswith(".dcm") for n in zf.namelist()) == 3
+            assert not list((home.root / "run").glob("access-*"))  # the spooled bundle is gone once sent
             missing = a.post("/api/erasure-requests", data={"patient_id": "EE-1", "reference": "E1"})
             assert missing.status_code == 400 and "grounds is required" in missing.text
             made = a.post(

@@ -61,7 +61,13 @@ async def patient_access(request: Request, who: Officer) -> Response:
     fields = await read_fields(request)
     patient_id, reference = _field(fields, "patient_id"), _field(fields, "reference")
     archive: Archive = request.app.state.archive
-    folder = tempfile.mkdtemp(prefix="medvault-access-")  # 0700; the bundle itself is 0600
+    # Inside the home (0700), never the system's temp folder: the bundle holds the patient's images
+    # in clear until it is sent, and is removed as soon as it has been (or could not be).
+    root: FilePath | None = getattr(request.app.state, "home_root", None)
+    spool = None if root is None else root / "run"
+    if spool is not None:
+        spool.mkdir(mode=0o700, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="access-", dir=spool)  # 0700; the bundle itself is 0600
     target = FilePath(folder) / "access.zip"
 
     def cleanup() -> None:
