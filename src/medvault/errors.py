@@ -127,7 +127,8 @@ class StorageError(MedvaultError):
 #   └── LedgerError          500  the ledger cannot do what was asked (no signer, bad origin, …)
 #       ├── ProofInvalid     422  an inclusion/consistency proof does not verify
 #       ├── NoteInvalid      422  a signed note / checkpoint is malformed or not signed by the key
-#       └── LedgerTampered   500  stored entries disagree with the tree or with signed checkpoints
+#       ├── LedgerTampered   500  stored entries disagree with the tree or with signed checkpoints
+#       └── WitnessRefused   4xx  a witness would not cosign a checkpoint (tlog-witness codes)
 
 
 class LedgerError(MedvaultError):
@@ -144,6 +145,17 @@ class NoteInvalid(LedgerError):
 
 class LedgerTampered(LedgerError):
     pass
+
+
+class WitnessRefused(LedgerError):
+    """A witness would not cosign (C2SP tlog-witness status codes: 400 malformed, 403 no trusted
+    signature, 404 unknown log, 409 conflict with what it cosigned, 422 consistency proof bad).
+    ``latest_size`` is the size it last cosigned, sent with a 409 for an old-size mismatch."""
+
+    def __init__(self, status: int, message: str, *, latest_size: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.latest_size = latest_size
 
 
 # --- monitor (medvault.monitor) ------------------------------------------------------------------

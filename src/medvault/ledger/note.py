@@ -33,9 +33,15 @@ __all__ = [
     "Signer",
     "Verifier",
     "format_checkpoint",
+    "key_id",
     "open_note",
     "parse_and_verify",
     "parse_checkpoint",
+    "parse_key_text",
+    "parse_signature_line",
+    "raw_public",
+    "signature_line",
+    "split_note",
 ]
 
 ALG_ED25519 = 0x01  # SPEC signed-note: signature type identifier of Ed25519
@@ -54,13 +60,39 @@ def _check_key_name(name: str) -> None:
         raise InvalidInput(f"invalid note key name {name!r}: non-empty, no spaces, no '+'")
 
 
-def _key_id(name: str, public_key: bytes) -> bytes:
-    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[
-        :_KEY_ID_SIZE
-    ]
+def key_id(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:
+    """SPEC signed-note: SHA-256(name || 0x0A || signature type || public key)[:4]."""
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([alg]) + public_key).digest()[:_KEY_ID_SIZE]
 
 
-def _raw_public(key: Ed25519PublicKey) -> bytes:
+def parse_key_text(text: str, alg: int) -> tuple[str, bytes, Ed25519PublicKey]:
+    """Parse a verifier key ``<name>+<hex key ID>+<base64(alg || 32-byte Ed25519 key)>``.
+
+    ``alg`` is the signature type the caller trusts the key for (0x01 note signatures, 0x04
+    cosignatures); a key of another type, or whose key ID does not match, is refused.
+    """
+    parts = text.strip().split("+", 2)
+    if len(parts) != 3:
+        raise NoteInvalid("verifier key text must be <name>+<hex key id>+<base64 key>")
+    name, hex_id, b64 = parts
+    try:
+        _check_key_name(name)
+    except InvalidInput as exc:
+        raise NoteInvalid(exc.message) from None
+    try:
+        kid = bytes.fromhex(hex_id)
+        raw = base64.b64decode(b64, validate=True)
+    except (ValueError, binascii.Error):
+        raise NoteInvalid("verifier key text: key id or key is not valid hex/base64") from None
+    if len(hex_id) != 2 * _KEY_ID_SIZE or len(raw) != 33 or raw[0] != alg:
+        raise NoteInvalid(f"verifier key text: not an Ed25519 key of type 0x{alg:02x} (32 bytes)")
+    if key_id(name, raw[1:], alg) != kid:
+        raise NoteInvalid("verifier key text: key id does not match the name and key")
+    return name, kid, Ed25519PublicKey.from_public_bytes(raw[1:])
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
@@ -75,27 +107,11 @@ class Verifier:
     @classmethod
     def from_key_text(cls, text: str) -> Verifier:
         """Parse ``<name>+<hex key ID>+<base64(0x01 || public key)>``; the key ID must match."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3:
-            raise NoteInvalid("verifier key text must be <name>+<hex key id>+<base64 key>")
-        name, hex_id, b64 = parts
-        try:
-            _check_key_name(name)
-        except InvalidInput as exc:
-            raise NoteInvalid(exc.message) from None
-        try:
-            key_id = bytes.fromhex(hex_id)
-            raw = base64.b64decode(b64, validate=True)
-        except (ValueError, binascii.Error):
-            raise NoteInvalid("verifier key text: key id or key is not valid hex/base64") from None
-        if len(hex_id) != 2 * _KEY_ID_SIZE or len(raw) != 33 or raw[0] != ALG_ED25519:
-            raise NoteInvalid("verifier key text: not an Ed25519 key (type 0x01, 32 bytes)")
-        if _key_id(name, raw[1:]) != key_id:
-            raise NoteInvalid("verifier key text: key id does not match the name and key")
-        return cls(name, key_id, Ed25519PublicKey.from_public_bytes(raw[1:]))
+        name, key_id, public_key = parse_key_text(text, ALG_ED25519)
+        return cls(name, key_id, public_key)
 
     def key_text(self) -> str:
-        raw = bytes([ALG_ED25519]) + _raw_public(self.public_key)
+        raw = bytes([ALG_ED25519]) + raw_public(self.public_key)
         return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(raw).decode('ascii')}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -117,7 +133,7 @@ class Signer:
         self.name = name
         self._key = private_key
         self.verifier = Verifier(
-            name, _key_id(name, _raw_public(private_key.public_key())), private_key.public_key()
+            name, key_id(name, raw_public(private_key.public_key())), private_key.public_key()
         )
 
     @classmethod
@@ -143,8 +159,7 @@ class Signer:
         """The signed note: ``text`` (which must end in a newline), a blank line, our signature."""
         _check_note_text(text)
         body = text.encode("utf-8")
-        sig = base64.b64encode(self.key_id + self._key.sign(body)).decode("ascii")
-        return body + f"\n{_SIG_PREFIX}{self.name} {sig}\n".encode()
+        return body + b"\n" + signature_line(self.name, self.key_id + self._key.sign(body)).encode()
 
     def sign_checkpoint(
         self, origin: str, size: int, root_hash: bytes, extensions: tuple[str, ...] = ()
@@ -188,11 +203,10 @@ def format_checkpoint(origin: str, size: int, root_hash: bytes, extensions: tupl
     return "\n".join(lines) + "\n"
 
 
-def open_note(note: bytes, verifier: Verifier) -> str:
-    """Verify a signed note by ``verifier`` and return its text (ending in a newline).
+def split_note(note: bytes) -> tuple[str, list[tuple[str, bytes]]]:
+    """A note's text (ending in a newline) and its signature lines as (key name, key ID || signature).
 
-    Signatures by other keys are ignored; at least one valid signature by ``verifier`` is
-    required; a signature with its name and key ID that fails to verify is an error.
+    Checks the framing only; no signature is verified here.
     """
     try:
         decoded = note.decode("utf-8")
@@ -209,21 +223,41 @@ def open_note(note: bytes, verifier: Verifier) -> str:
     lines = sig_block[:-1].split("\n")
     if len(lines) > MAX_SIGNATURES:
         raise NoteInvalid(f"note has more than {MAX_SIGNATURES} signatures")
+    return text, [parse_signature_line(line) for line in lines]
+
+
+def parse_signature_line(line: str) -> tuple[str, bytes]:
+    """``— <name> <base64(key ID || signature)>`` -> (name, key ID || signature)."""
+    if not line.startswith(_SIG_PREFIX):
+        raise NoteInvalid("malformed signature line (expected '\u2014 <name> <signature>')")
+    fields = line[len(_SIG_PREFIX) :].split(" ")
+    if len(fields) != 2 or not fields[0]:
+        raise NoteInvalid("malformed signature line (expected '\u2014 <name> <signature>')")
+    name, b64 = fields
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise NoteInvalid("a note signature is not valid base64") from None
+    if len(raw) < _KEY_ID_SIZE + 1:
+        raise NoteInvalid("a note signature is too short")
+    return name, raw
+
+
+def signature_line(name: str, key_id_and_signature: bytes) -> str:
+    """One note signature line, newline included."""
+    return f"{_SIG_PREFIX}{name} {base64.b64encode(key_id_and_signature).decode('ascii')}\n"
+
+
+def open_note(note: bytes, verifier: Verifier) -> str:
+    """Verify a signed note by ``verifier`` and return its text (ending in a newline).
+
+    Signatures by other keys are ignored; at least one valid signature by ``verifier`` is
+    required; a signature with its name and key ID that fails to verify is an error.
+    """
+    text, signatures = split_note(note)
     message = text.encode("utf-8")
     verified = False
-    for line in lines:
-        if not line.startswith(_SIG_PREFIX):
-            raise NoteInvalid("malformed signature line (expected '\u2014 <name> <signature>')")
-        fields = line[len(_SIG_PREFIX) :].split(" ")
-        if len(fields) != 2 or not fields[0]:
-            raise NoteInvalid("malformed signature line (expected '\u2014 <name> <signature>')")
-        name, b64 = fields
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteInvalid("a note signature is not valid base64") from None
-        if len(raw) < _KEY_ID_SIZE + 1:
-            raise NoteInvalid("a note signature is too short")
+    for name, raw in signatures:
         if name != verifier.name or raw[:_KEY_ID_SIZE] != verifier.key_id:
             continue  # SPEC: signatures from unknown keys are ignored
         if not verifier.verify(message, raw[_KEY_ID_SIZE:]):
