@@ -74,6 +74,13 @@ class LedgerSettings:
     database: str = "ledger.db"
     origin: str = "medvault.local/ledger"
     checkpoint_seconds: int = 10
+    # Independent witnesses (docs/witness.md): "<cosignature verifier key> <https URL>" each. Every
+    # new checkpoint is submitted to them; /ledger/checkpoint serves the newest one cosigned by
+    # witness_quorum of them (0: a majority). witness_ca: their CA certificates (a PEM file, relative
+    # to the home); empty trusts the system's CAs.
+    witnesses: tuple[str, ...] = ()
+    witness_quorum: int = 0
+    witness_ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -333,6 +340,9 @@ allow_plain = false         # true ONLY for a legacy modality on an isolated net
 database = "ledger.db"
 origin = "{origin}"         # names this log in its checkpoints; never change it afterwards
 checkpoint_seconds = 10     # how often a new signed checkpoint is published (when the log grew)
+witnesses = []              # "<witness key> https://host:port" each: independent cosigners (docs/witness.md)
+witness_quorum = 0          # cosignatures a checkpoint needs to count (0: a majority of the witnesses)
+witness_ca = ""             # PEM file of the witnesses' CAs (relative to this folder); "" = system CAs
 
 [oidc]                      # accept bearer JWTs from the site's identity provider (off while issuer = "")
 issuer = ""

@@ -36,6 +36,8 @@ SERVICE = {
     "testing",
     "alerting",
     "compliance",
+    "witness_home",
+    "witnessing",
 }
 PROTOCOLS = {"api", "dimse", "web"}
 

@@ -37,9 +37,14 @@ def entry(index: Annotated[int, Path(le=_MAX_INDEX)], request: Request, who: Rea
 
 @router.get("/checkpoint")
 def checkpoint(request: Request, who: ReadsLedger) -> Response:
-    """The latest signed checkpoint (C2SP tlog-checkpoint as a signed note)."""
+    """The latest signed checkpoint (C2SP tlog-checkpoint as a signed note). With witnesses
+    configured, the newest one a quorum of them cosigned (with their cosignatures), until then the
+    newest with the cosignatures it has."""
     ledger = _ledger(request)
-    note = ledger.latest_checkpoint()
+    quorum = getattr(request.app.state, "witness_quorum", 0)
+    note = ledger.cosigned_checkpoint(quorum) if quorum else None
+    if note is None:
+        note = ledger.latest_checkpoint()
     if note is None or not note:
         note = ledger.checkpoint()
     return Response(note, media_type="text/plain; charset=utf-8")

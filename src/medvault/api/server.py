@@ -34,6 +34,8 @@ from medvault.config import load_settings
 from medvault.crypto.keyring import KeyringFile
 from medvault.errors import ConfigError, MedvaultError
 from medvault.home import KEYRING_FILE, OpenHome, open_home
+from medvault.ledger.policy import majority
+from medvault.witnessing import Witnessing, alert_on_problem, witness_policy, witness_ssl_context
 
 if TYPE_CHECKING:
     from medvault.dimse.server import DimseServer
@@ -84,6 +86,8 @@ def _uvicorn_config(opened: OpenHome, listeners: Listeners) -> uvicorn.Config:
     application.state.export_source = ExportSource.of(opened)
     application.state.listeners = listeners  # what /healthz reports
     application.state.home_root = opened.root  # /api/retention reads and writes [retention] there
+    witnesses = settings.ledger.witnesses
+    application.state.witness_quorum = settings.ledger.witness_quorum or majority(witnesses)
     # proxy_headers off: X-Forwarded-For must not let a client choose the address that lockout,
     # the ledger and the audit trail record.
     common: dict[str, Any] = {
@@ -178,24 +182,49 @@ def _check_dimse_port(opened: OpenHome) -> None:
 
 
 def _checkpointer(opened: OpenHome) -> threading.Event:
-    """Publish a signed checkpoint every [ledger] checkpoint_seconds while the log grows."""
+    """Publish a signed checkpoint every [ledger] checkpoint_seconds while the log grows, and have
+    the configured witnesses cosign it (retried every round until they have)."""
     stop = threading.Event()
     interval = max(1, opened.settings.ledger.checkpoint_seconds)
+    witnessing = _witnessing(opened)
 
     def run() -> None:
         signed = -1
-        while not stop.wait(interval):
-            try:
-                ledger = opened.ledger
-                ledger.flush()
-                if ledger.size != signed:
-                    ledger.checkpoint()
-                    signed = ledger.size
-            except Exception as exc:  # keep serving; the next round tries again
-                log.error("ledger checkpoint failed: %s", type(exc).__name__)
+        try:
+            while not stop.wait(interval):
+                try:
+                    ledger = opened.ledger
+                    ledger.flush()
+                    if ledger.size != signed:
+                        ledger.checkpoint()
+                        signed = ledger.size
+                    if witnessing is not None and witnessing.pending():
+                        witnessing.submit_latest()
+                except Exception as exc:  # keep serving; the next round tries again
+                    log.error("ledger checkpoint failed: %s", type(exc).__name__)
+        finally:
+            if witnessing is not None:
+                witnessing.close()
 
     threading.Thread(target=run, name="medvault-checkpointer", daemon=True).start()
     return stop
+
+
+def _witnessing(opened: OpenHome, *, check_only: bool = False) -> Witnessing | None:
+    settings = opened.settings.ledger
+    if not settings.witnesses:
+        return None
+    ledger = opened.ledger
+    policy = witness_policy(ledger.verifier_key_text(), settings.witnesses, settings.witness_quorum)
+    if check_only:
+        witness_ssl_context(opened.root, settings.witness_ca)
+        return None
+    return Witnessing(
+        ledger,
+        policy,
+        report=alert_on_problem(ledger, opened.archive.index, opened.alerts),
+        ssl_context=witness_ssl_context(opened.root, settings.witness_ca),
+    )
 
 
 def _worker(root: Path, keyring: KeyringFile, sock: socket.socket, listeners: Listeners) -> None:
@@ -427,6 +456,7 @@ def serve(
             probe.ssl_context()  # unreadable certificate or key: fail before forking
         _check_dimse_port(probe)
         _check_monitor(probe)
+        _witnessing(probe, check_only=True)  # a bad [ledger] witnesses entry: fail before forking
         sock = _listen(host, port)
         _ledger_configuration(probe)
         _sweep_leftovers(probe)

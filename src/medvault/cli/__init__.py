@@ -21,6 +21,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault legal-hold …                              cli/legal_hold.py
     medvault backup …                                  cli/backup.py
     medvault training …                                cli/training.py
+    medvault witness …                                 cli/witness.py
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from medvault.cli import (
     tls,
     training,
     users,
+    witness,
 )
 from medvault.cli._common import err
 from medvault.errors import MedvaultError
@@ -93,6 +95,7 @@ app.add_typer(retention.app, name="retention")
 app.add_typer(legal_hold.app, name="legal-hold")
 app.add_typer(backup.app, name="backup")
 app.add_typer(training.app, name="training")
+app.add_typer(witness.app, name="witness")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")

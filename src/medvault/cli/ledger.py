@@ -32,6 +32,16 @@ def ledger_verify(
     objects: Annotated[
         bool, typer.Option(help="Also check every stored object against its store event.")
     ] = True,
+    witness_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="A witness policy (docs/witness.md): check the cosignatures, the quorum, and the "
+            "ledger against what each witness with a URL holds now."
+        ),
+    ] = None,
+    ask_witnesses: Annotated[
+        bool, typer.Option(help="With --witness-policy: fetch each witness's view from its URL.")
+    ] = True,
     home: HomeOption = Path("medvault-home"),
     passphrase_file: PassphraseFile = None,
 ) -> None:
@@ -43,10 +53,21 @@ def ledger_verify(
     opened = open_for_cli(home, passphrase_file)
     try:
         opened.ledger.flush()
+        policy = views = None
+        if witness_policy is not None:
+            from medvault.witnessing import fetch_views, read_policy, witness_ssl_context
+
+            policy = read_policy(witness_policy)
+            context = witness_ssl_context(opened.root, opened.settings.ledger.witness_ca)
+            views = (
+                fetch_views(policy, opened.ledger.origin, context, warn=err.print) if ask_witnesses else []
+            )
         report = verify_ledger(
             opened.path(opened.settings.ledger.database),
             verifier_key=opened.ledger.verifier_key_text(),
             trusted_checkpoint=trusted_checkpoint.read_bytes() if trusted_checkpoint else None,
+            policy=policy,
+            witness_views=views or (),
         )
         out.print(report.summary(), highlight=False, soft_wrap=True)
         problems: list[str] = []
@@ -125,6 +146,30 @@ def ledger_export(
 def ledger_key(home: HomeOption = Path("medvault-home"), passphrase_file: PassphraseFile = None) -> None:
     """Print the note verifier key auditors use to check checkpoints offline."""
     user_action(home, passphrase_file, lambda o: o.ledger.verifier_key_text())
+
+
+@app.command("witness-policy")
+def ledger_witness_policy(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write it here (default: print it).")] = None,
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """Print this archive's witness policy (its key, its witnesses, the quorum) for auditors."""
+    from medvault.witnessing import witness_policy
+
+    opened = open_for_cli(home, passphrase_file)
+    try:
+        ledger = opened.settings.ledger
+        text = witness_policy(
+            opened.ledger.verifier_key_text(), ledger.witnesses, ledger.witness_quorum
+        ).to_text()
+    finally:
+        opened.close()
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"witness policy written to {out_file}")
 
 
 @app.command("checkpoint")

@@ -7,6 +7,7 @@ Schema (``PRAGMA user_version = 1``)::
     tree        (level, idx, hash) PRIMARY KEY(level, idx)  -- root of every COMPLETE subtree:
                                                             -- leaves [idx*2^level, (idx+1)*2^level)
     checkpoints (id INTEGER PRIMARY KEY, size, note BLOB)   -- every signed checkpoint ever issued
+    cosignatures (checkpoint_id, witness, line)             -- witnesses' cosignature lines on them
 
 Sequencing and integration happen in one ``BEGIN IMMEDIATE`` transaction: the writer (whichever
 thread or process holds SQLite's write lock) reads the size, assigns the next indices, and writes
@@ -62,6 +63,10 @@ CREATE TABLE IF NOT EXISTS tree (
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY, size INTEGER NOT NULL, note BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cosignatures (
+    checkpoint_id INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
+    PRIMARY KEY (checkpoint_id, witness)
+) WITHOUT ROWID;
 """
 
 
@@ -384,10 +389,53 @@ class Ledger:
         return note
 
     def latest_checkpoint(self) -> bytes | None:
-        """The most recently stored checkpoint note, or ``None`` before the first."""
+        """The most recently stored checkpoint note, with the cosignatures it has gathered, or
+        ``None`` before the first."""
+        record = self.latest_checkpoint_record()
+        return None if record is None else self._with_cosignatures(record[0], record[2])
+
+    def latest_checkpoint_record(self) -> tuple[int, int, bytes] | None:
+        """(id, tree size, note as signed by the log) of the newest checkpoint."""
         with self._lock:
-            row = self._conn.execute("SELECT note FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else bytes(row[0])
+            row = self._conn.execute(
+                "SELECT id, size, note FROM checkpoints ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+    def add_cosignatures(self, checkpoint_id: int, lines: dict[str, str]) -> None:
+        """Keep witnesses' cosignature lines (witness name -> line) of a stored checkpoint. The
+        caller has verified them; a newer line from the same witness replaces the older."""
+        with self._lock:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO cosignatures (checkpoint_id, witness, line) VALUES (?, ?, ?)",
+                [(checkpoint_id, name, line) for name, line in lines.items()],
+            )
+
+    def cosigners(self, checkpoint_id: int) -> set[str]:
+        """The witnesses whose cosignature of checkpoint ``checkpoint_id`` is kept."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT witness FROM cosignatures WHERE checkpoint_id = ?", (checkpoint_id,)
+            ).fetchall()
+        return {str(name) for (name,) in rows}
+
+    def cosigned_checkpoint(self, witnesses: int) -> bytes | None:
+        """The newest checkpoint cosigned by at least ``witnesses`` witnesses, with those
+        cosignatures, or ``None`` if none is."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT c.id, c.note FROM checkpoints c WHERE (SELECT COUNT(*) FROM cosignatures s "
+                "WHERE s.checkpoint_id = c.id) >= ? ORDER BY c.id DESC LIMIT 1",
+                (witnesses,),
+            ).fetchone()
+        return None if row is None else self._with_cosignatures(int(row[0]), bytes(row[1]))
+
+    def _with_cosignatures(self, checkpoint_id: int, note: bytes) -> bytes:
+        with self._lock:
+            lines = self._conn.execute(
+                "SELECT line FROM cosignatures WHERE checkpoint_id = ? ORDER BY witness", (checkpoint_id,)
+            ).fetchall()
+        return note + "".join(line for (line,) in lines).encode("utf-8")
 
     def verifier_key_text(self) -> str:
         """The note verifier key of this ledger's signer (served at /ledger/key)."""

@@ -12,7 +12,12 @@ What :func:`verify_ledger` checks, in one pass over the file:
    no two checkpoints disagree, and consecutive checkpoints are linked by consistency proofs
    served from the stored tree (RFC 9162 §2.1.4.2);
 6. the ``trusted_checkpoint`` you kept from earlier, if given: same checks (a log rolled back
-   behind it is reported).
+   behind it is reported);
+7. with a witness ``policy`` (docs/witness.md): every kept cosignature verifies, some checkpoint
+   is cosigned by a quorum (the newest such is reported as ``witnessed``), and each witness's own
+   view (``witness_views``, the cosigned checkpoints witnesses serve) matches the rebuilt tree: a
+   ledger rewritten and re-signed by the archive's own key fails here, because the witnesses
+   still hold the old roots.
 
 Against someone who rewrites the entries *and* the stored hashes consistently, only the signed
 checkpoints are evidence: the report then names the range between the last matching checkpoint
@@ -24,12 +29,14 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvault.errors import LedgerTampered, MedvaultError, NoteInvalid, NotFound
 from medvault.ledger.merkle import EMPTY_ROOT, fold_peaks, leaf_hash, node_hash
 from medvault.ledger.note import Checkpoint, Verifier, parse_and_verify
+from medvault.ledger.policy import PolicyResult, WitnessPolicy
 from medvault.ledger.store import DEFAULT_GROUP_COMMIT_INTERVAL, Ledger, connect
 
 __all__ = ["VerifyReport", "verify_ledger"]
@@ -52,6 +59,7 @@ class VerifyReport:
     checkpoints_verified: int
     latest_checkpoint: Checkpoint | None
     problems: tuple[Problem, ...] = field(default=())
+    witnessed: PolicyResult | None = None  # with a policy: the newest checkpoint a quorum cosigned
 
     @property
     def ok(self) -> bool:
@@ -64,10 +72,15 @@ class VerifyReport:
         return min(indices) if indices else None
 
     def summary(self) -> str:
+        witnessed = ""
+        if self.witnessed is not None:
+            w = self.witnessed
+            names = ", ".join(c.name for c in w.cosigned_by)
+            witnessed = f"; witnessed up to size {w.checkpoint.size} by {names} (quorum {w.quorum})"
         if self.ok:
             return (
                 f"ledger OK: {self.size} entries, {self.checkpoints_verified} checkpoints verified, "
-                f"root {self.root_hash.hex()}"
+                f"root {self.root_hash.hex()}{witnessed}"
             )
         lines = [f"ledger FAILED verification (first bad index: {self.first_bad_index}):"]
         lines += [f"  - {p.message}" for p in self.problems]
@@ -85,6 +98,8 @@ def verify_ledger(
     verifier_key: str | Verifier,
     trusted_checkpoint: bytes | None = None,
     read_only: bool = False,
+    policy: WitnessPolicy | None = None,
+    witness_views: Sequence[bytes] = (),
 ) -> VerifyReport:
     """Recompute the tree of the ledger at ``path`` and check it; see the module docstring.
 
@@ -105,14 +120,20 @@ def verify_ledger(
     try:
         conn.execute("BEGIN")  # one read snapshot: appenders in other processes do not disturb it
         try:
-            return _verify(conn, verifier, trusted_checkpoint)
+            return _verify(conn, verifier, trusted_checkpoint, policy, witness_views)
         finally:
             conn.execute("ROLLBACK")
     finally:
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, verifier: Verifier, trusted_note: bytes | None) -> VerifyReport:
+def _verify(
+    conn: sqlite3.Connection,
+    verifier: Verifier,
+    trusted_note: bytes | None,
+    policy: WitnessPolicy | None = None,
+    witness_views: Sequence[bytes] = (),
+) -> VerifyReport:
     problems: list[Problem] = []
     row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
     if row is None:
@@ -131,7 +152,13 @@ def _verify(conn: sqlite3.Connection, verifier: Verifier, trusted_note: bytes | 
         if cp.size != size_col:
             problems.append(Problem(index=None, message=f"checkpoint #{cid}: size column altered"))
         checkpoints.append((cid, cp))
+    witnessed: PolicyResult | None = None
+    views: list[tuple[str, Checkpoint]] = []
+    if policy is not None:
+        witnessed = _witnessed(conn, policy, problems)
+        views = _views(witness_views, policy, origin, problems)
     wanted = {cp.size for _, cp in checkpoints} | ({trusted.size} if trusted else set())
+    wanted |= {cp.size for _, cp in views}
 
     # --- one pass over the entries, rebuilding the tree -------------------------------------
     roots: dict[int, bytes] = {0: EMPTY_ROOT}
@@ -255,6 +282,8 @@ def _verify(conn: sqlite3.Connection, verifier: Verifier, trusted_note: bytes | 
                 latest = cp
     if trusted is not None:
         check("the trusted checkpoint", trusted)
+    for name, cp in views:
+        check(f"the checkpoint witness {name} holds", cp)
 
     # --- consecutive checkpoints linked by proofs served from the stored tree ------------------
     if not problems:
@@ -281,4 +310,49 @@ def _verify(conn: sqlite3.Connection, verifier: Verifier, trusted_note: bytes | 
         checkpoints_verified=verified,
         latest_checkpoint=latest,
         problems=tuple(problems),
+        witnessed=witnessed,
     )
+
+
+def _witnessed(
+    conn: sqlite3.Connection, policy: WitnessPolicy, problems: list[Problem]
+) -> PolicyResult | None:
+    """The newest stored checkpoint a quorum cosigned; forged or broken cosignatures are problems."""
+    has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone()
+    best: PolicyResult | None = None
+    query = (
+        "SELECT c.id, c.note, group_concat(s.line, '') FROM checkpoints c "
+        "JOIN cosignatures s ON s.checkpoint_id = c.id GROUP BY c.id ORDER BY c.id"
+    )
+    for cid, note, lines in conn.execute(query) if has_table else ():
+        try:
+            result = policy.check(bytes(note) + str(lines).encode("utf-8"))
+        except NoteInvalid as exc:
+            problems.append(Problem(index=None, message=f"checkpoint #{cid}: {exc.message}"))
+            continue
+        if result.met and (best is None or result.checkpoint.size >= best.checkpoint.size):
+            best = result
+    if best is None and policy.quorum:
+        problems.append(
+            Problem(
+                index=None, message=f"no checkpoint is cosigned by {policy.quorum} of the policy's witnesses"
+            )
+        )
+    return best
+
+
+def _views(
+    notes: Sequence[bytes], policy: WitnessPolicy, origin: str, problems: list[Problem]
+) -> list[tuple[str, Checkpoint]]:
+    """The witnesses' own views that verify (log signature and that witness's cosignature)."""
+    out: list[tuple[str, Checkpoint]] = []
+    for note in notes:
+        try:
+            result = policy.check(note, origin=origin)
+        except NoteInvalid as exc:
+            problems.append(
+                Problem(index=None, message=f"a witness's checkpoint does not verify: {exc.message}")
+            )
+            continue
+        out += [(c.name, result.checkpoint) for c in result.cosigned_by]
+    return out
