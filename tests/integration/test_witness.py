@@ -351,3 +351,44 @@ def test_the_witness_protocol_on_the_wire(world: World) -> None:
         raise AssertionError(answer.text)
     # a cosignature verifies against the witness's key, and its line is in the served checkpoint
     assert cosignatures(note, [parse_policy(policy_of(world).read_text()).witnesses[0].verifier])
+
+
+def mirror(world: World, server: Server, folder: Path, policy: Path) -> subprocess.CompletedProcess[str]:
+    """`medvault ledger mirror … --once`, as an auditor runs it: no archive home, only the policy."""
+    cas = world.home.root / "witness-cas.pem"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "medvault.cli", "ledger", "mirror", server.url, "--to", str(folder),
+         "--policy", str(policy), "--ca", str(world.home.ca), "--witness-ca", str(cas), "--once"],
+        env=env | {"MEDVAULT_API_KEY": world.auditor},
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_a_mirror_keeps_a_verified_copy_and_catches_a_rewrite_and_a_split_view(
+    world: World, tmp_path: Path
+) -> None:
+    server = world.start()
+    traffic(server)
+    wait_for("cosignatures", lambda: len(served_cosigners(server, world)) == 3)
+    policy = policy_of(world)
+    first = mirror(world, server, tmp_path / "mirror-a", policy)
+    assert first.returncode == 0, first.stderr
+    assert "mirror holds" in first.stdout and "alerts 0" in first.stdout
+    held = Ledger.open(
+        tmp_path / "mirror-a" / "mirror.db", signer=None, origin=world.log_key.split("+", 1)[0]
+    )
+    assert held.size >= 3  # the copy survives the archive: a ledger file of its own
+    held.close()
+    traffic(server, 4)
+    again = mirror(world, server, tmp_path / "mirror-a", policy)
+    assert again.returncode == 0 and "(+0)" not in again.stdout, again.stdout
+    # the operator rewrites one entry and re-signs: the mirror that copied it before notices
+    server.stop()
+    forge_ledger(world.home, alter=1)
+    server = world.start()
+    rewritten = mirror(world, server, tmp_path / "mirror-a", policy)
+    assert rewritten.returncode == 2 and "inconsistent" in rewritten.stderr, rewritten.stderr
+    # a client that never saw the true log is shown the forged one: its witnesses' views differ
+    fresh = mirror(world, server, tmp_path / "mirror-b", policy)
+    assert fresh.returncode == 2 and "split_view" in fresh.stderr, fresh.stdout + fresh.stderr

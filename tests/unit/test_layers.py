@@ -38,6 +38,7 @@ SERVICE = {
     "compliance",
     "witness_home",
     "witnessing",
+    "mirroring",
 }
 PROTOCOLS = {"api", "dimse", "web"}
 

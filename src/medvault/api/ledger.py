@@ -12,6 +12,7 @@ from medvault.access.policy import Action, Principal
 from medvault.api.auth import require
 from medvault.archive import Archive
 from medvault.errors import NotFound
+from medvault.ledger.bundle import BUNDLE_MEDIA_TYPE, MAX_BUNDLE_ENTRIES, encode_bundle
 from medvault.ledger.store import Ledger
 
 router = APIRouter(prefix="/ledger")
@@ -25,6 +26,21 @@ def _ledger(request: Request) -> Ledger:
     if archive.audit is None:
         raise NotFound("this archive keeps no ledger")
     return archive.audit.ledger
+
+
+@router.get("/entries")
+def entry_bundle(
+    request: Request,
+    who: ReadsLedger,
+    start: NonNegative,
+    count: Annotated[int, Query(ge=1, le=MAX_BUNDLE_ENTRIES)] = 256,
+) -> Response:
+    """Consecutive entries from ``start`` as an entry bundle (docs/ledger.md): at most ``count``
+    and 4 MiB; the ``Medvault-Entry-Count`` header says how many. For mirrors copying the log."""
+    ledger = _ledger(request)
+    entries = ledger.entries(start, min(start + count, ledger.size))
+    body, n = encode_bundle(entries)
+    return Response(body, media_type=BUNDLE_MEDIA_TYPE, headers={"Medvault-Entry-Count": str(n)})
 
 
 @router.get("/entries/{index}")

@@ -134,7 +134,7 @@ def ledger_export(
                 ca_file=ca_file,
                 client_cert=client_cert,
                 client_key=client_key,
-                progress=lambda n: progress.advance(task, n),
+                progress=lambda n, task=task: progress.advance(task, n),  # type: ignore[misc]
                 actor=cli_actor(),
             )
     finally:
@@ -170,6 +170,76 @@ def ledger_witness_policy(
     else:
         out_file.write_text(text, encoding="utf-8")
         err.print(f"witness policy written to {out_file}")
+
+
+@app.command("mirror")
+def ledger_mirror(
+    url: Annotated[str, typer.Argument(help="The archive, e.g. https://pacs.example.org:8443.")],
+    to: Annotated[Path, typer.Option("--to", help="The mirror's folder (created; keeps the copy).")],
+    policy: Annotated[
+        Path, typer.Option(help="The archive's witness policy (`medvault ledger witness-policy`).")
+    ],
+    api_key: Annotated[
+        str, typer.Option(envvar="MEDVAULT_API_KEY", help="An API key with ledger.read (e.g. role auditor).")
+    ],
+    ca: Annotated[Path | None, typer.Option(help="The archive's CA certificate (else the system's).")] = None,
+    witness_ca: Annotated[Path | None, typer.Option(help="The witnesses' CA certificates.")] = None,
+    interval: Annotated[int, typer.Option(min=1, help="Seconds between rounds.")] = 10,
+    once: Annotated[bool, typer.Option(help="One round, then exit (2 if any alert was raised).")] = False,
+) -> None:
+    """Copy an archive's ledger and verify it continuously; alert on a rewrite or a split view."""
+    import ssl
+    import time
+
+    import httpx
+
+    from medvault.ledger.mirror import Mirror
+    from medvault.mirroring import sync
+    from medvault.witnessing import read_policy
+
+    context = ssl.create_default_context(cafile=str(ca)) if ca else ssl.create_default_context()
+    witnesses = ssl.create_default_context(cafile=str(witness_ca)) if witness_ca else None
+    mirror = Mirror(to, read_policy(policy))
+    raised = 0
+    try:
+        with httpx.Client(
+            base_url=url.rstrip("/"),
+            verify=context,
+            timeout=30,
+            headers={"Authorization": f"Bearer {api_key}"},
+        ) as client:
+            while True:
+                try:
+                    with Progress(
+                        TextColumn("[bold]copying entries"), MofNCompleteColumn(), console=err, transient=True
+                    ) as progress:
+                        task = progress.add_task("entries", total=None)
+                        result = sync(
+                            client,
+                            mirror,
+                            witness_context=witnesses,
+                            progress=lambda n, task=task: progress.advance(task, n),  # type: ignore[misc]
+                        )
+                except httpx.HTTPError as exc:
+                    err.print(f"archive unreachable ({type(exc).__name__}); retrying in {interval} s")
+                    if once:
+                        raise typer.Exit(1) from None
+                else:
+                    for alert in result.alerts:
+                        err.print(f"[bold red]ALERT[/] {alert.kind}: {alert.message}", highlight=False)
+                    raised += len(result.alerts)
+                    out.print(
+                        f"mirror holds {result.size} entries (+{result.fetched}); "
+                        f"witnessed up to {result.witnessed}; alerts {raised}",
+                        highlight=False,
+                    )
+                if once:
+                    break
+                time.sleep(interval)
+    finally:
+        mirror.close()
+    if raised:
+        raise typer.Exit(2)
 
 
 @app.command("checkpoint")
