@@ -26,6 +26,7 @@ import httpx
 
 from medvault.audit import publish
 from medvault.errors import ConfigError, InvalidInput, NoteInvalid
+from medvault.home import OpenHome
 from medvault.index.alerts import AlertStore, NewAlert
 from medvault.index.outbox import process_tag
 from medvault.index.store import Index
@@ -347,3 +348,34 @@ def fetch_views(
             else:
                 views.append(answer.content)
     return views
+
+
+def witnessed_checkpoint(opened: OpenHome) -> bytes:
+    """A checkpoint covering the ledger now, cosigned by the quorum if witnesses are configured
+    (one witness round is run for it): what receipts and auditors are given."""
+    ledger = opened.ledger
+    ledger.flush()
+    ledger.checkpoint()
+    settings = opened.settings.ledger
+    if not settings.witnesses:
+        note = ledger.latest_checkpoint()
+        assert note is not None
+        return note
+    policy = witness_policy(ledger.verifier_key_text(), settings.witnesses, settings.witness_quorum)
+    witnessing = Witnessing(
+        ledger,
+        policy,
+        report=alert_on_problem(ledger, opened.archive.index, opened.alerts),
+        ssl_context=witness_ssl_context(opened.root, settings.witness_ca),
+    )
+    try:
+        witnessing.submit_latest()
+    finally:
+        witnessing.close()
+    note = ledger.cosigned_checkpoint(policy.quorum)
+    if note is None:
+        raise InvalidInput(
+            f"no checkpoint is cosigned by {policy.quorum} witnesses yet",
+            hint="Check that the witnesses are up (`medvault alerts list`), then try again.",
+        )
+    return note

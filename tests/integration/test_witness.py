@@ -4,6 +4,7 @@ the archive's own key, a ledger rolled back, and the witness protocol's refusals
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -18,15 +19,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydicom import dcmread
 
 from medvault.crypto.keyring import TEST_SCRYPT, load_keyring
 from medvault.home import KEYRING_FILE, ledger_signing_seed, open_home
-from medvault.ledger.cosignature import cosignatures
+from medvault.ledger.cosignature import Cosigner, cosignatures
 from medvault.ledger.merkle import leaf_hash, root_from_leaf_hashes
 from medvault.ledger.note import Signer
 from medvault.ledger.policy import parse_policy
 from medvault.ledger.store import Ledger
 from medvault.ledger.witness import format_add_checkpoint
+from medvault.sample import generate_study
 from medvault.witness_home import init_witness, open_witness
 from tests.conftest import PASSPHRASE, Home, Server, free_port, make_home, start_server
 
@@ -392,3 +395,63 @@ def test_a_mirror_keeps_a_verified_copy_and_catches_a_rewrite_and_a_split_view(
     # a client that never saw the true log is shown the forged one: its witnesses' views differ
     fresh = mirror(world, server, tmp_path / "mirror-b", policy)
     assert fresh.returncode == 2 and "split_view" in fresh.stderr, fresh.stdout + fresh.stderr
+
+
+def test_a_patient_receipt_verifies_offline_and_a_changed_one_does_not(world: World, tmp_path: Path) -> None:
+    server = world.start()
+    files = generate_study(tmp_path / "in", seed=7, series=1, instances=2, rows=16, cols=16,
+                           patient_name="RECEIPT^PAT", patient_id="REC-77")  # fmt: skip
+    body = b"".join(
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n" for p in files
+    )
+    study = dcmread(files[0]).StudyInstanceUID
+    with server.client() as client:
+        stored = client.post(
+            "/dicomweb/studies",
+            content=body + b"--b--\r\n",
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+        )
+        assert stored.status_code == 200, stored.text
+        for _ in range(3):
+            assert client.get(f"/dicomweb/studies/{study}/metadata").status_code == 200
+    wait_for("cosignatures", lambda: len(served_cosigners(server, world)) == 3)
+    receipt = tmp_path / "receipt.json"
+    made = world.home.cli(
+        "patient", "receipt", "--patient-id", "REC-77", "--reference", "REQ-9", "--out", str(receipt)
+    )
+    assert "ledgered as patient.receipt" in made.stdout
+    text = receipt.read_text()
+    assert "REC-77" not in text and "RECEIPT" not in text  # pseudonyms only
+    policy = policy_of(world)
+    verifier = Path(sys.executable).parent / "medvault-receipt-verify"  # the stand-alone command
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDVAULT_")}
+
+    def check(path: Path, policy_file: Path = policy) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(verifier), str(path), "--policy", str(policy_file)], cwd=tmp_path,
+                              env=clean_env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    ok = check(receipt)
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        "receipt verified" in ok.stdout and ok.stdout.count("study.read") + ok.stdout.count("retrieve") >= 1
+    )
+    doc = json.loads(text)
+    assert len(doc["entries"]) >= 4  # the store and the reads
+    # one access changed (who saw it): the proof no longer holds
+    entry = json.loads(base64.b64decode(doc["entries"][-1]["entry"]))
+    entry["actor"]["id"] = "a-colleague"
+    doc["entries"][-1]["entry"] = base64.b64encode(json.dumps(entry).encode()).decode()
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(doc))
+    refused = check(changed)
+    assert refused.returncode == 1 and "NOT verified" in refused.stderr
+    # a policy that trusts other witnesses: the quorum is not met
+    stranger = Cosigner.from_private_bytes(name="stranger.example/w", seed=bytes(32)).verifier_key_text()
+    lines = [line for line in policy.read_text().splitlines() if not line.startswith("witness")]
+    other = tmp_path / "other-policy.txt"
+    other.write_text("\n".join([*lines[:-1], f"witness {stranger}", "quorum 1"]) + "\n")
+    assert "cosigned by 0" in check(receipt, other).stderr
+    page = tmp_path / "receipt.html"
+    world.home.cli("patient", "receipt", "--patient-id", "REC-77", "--reference", "REQ-9", "--out", str(page),
+                   "--format", "html")  # fmt: skip
+    assert "medvault-receipt-verify" in page.read_text() and "REC-77" not in page.read_text()

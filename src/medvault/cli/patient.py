@@ -61,6 +61,49 @@ def patient_access(
     )
 
 
+@app.command("receipt")
+def patient_receipt(
+    patient_id: Annotated[str, typer.Option("--patient-id", help="The patient's PatientID.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The receipt to write (a new file).")],
+    reference: Annotated[str, typer.Option(help="The request's reference (ledgered; never a name).")],
+    fmt: Annotated[str, typer.Option("--format", help="json (verifiable) or html (printable).")] = "json",
+    home: HomeOption = Path("medvault-home"),
+    passphrase_file: PassphraseFile = None,
+) -> None:
+    """A patient's receipt: every access to their images with its proof in the witnessed ledger,
+    checkable offline with `medvault-receipt-verify RECEIPT --policy POLICY` (docs/witness.md)."""
+    from medvault.compliance.receipts import patient_receipt as make_receipt
+    from medvault.compliance.receipts import receipt_html
+    from medvault.errors import InvalidInput
+    from medvault.home import write_private
+    from medvault.witnessing import witnessed_checkpoint
+
+    if fmt not in ("json", "html"):
+        raise InvalidInput("--format is json or html")
+    if out_file.exists():
+        raise InvalidInput(f"{out_file} exists; choose a new file name")
+    opened = open_for_cli(home, passphrase_file)
+    try:
+        checkpoint = witnessed_checkpoint(opened)
+        receipt = make_receipt(
+            opened.archive,
+            opened.ledger,
+            patient_id,
+            checkpoint=checkpoint,
+            actor=cli_actor(),
+            reference=reference,
+        )
+    finally:
+        opened.close()
+    write_private(out_file, receipt.json_bytes() if fmt == "json" else receipt_html(receipt).encode("utf-8"))
+    out.print(
+        f"wrote {out_file}: {receipt.witnessed} accesses with proofs, {receipt.pending} not witnessed yet; "
+        "ledgered as patient.receipt",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 erasure = typer.Typer(
     help="Right to erasure (GDPR Art. 17): request, a second person approves, execute, certificate.",
     no_args_is_help=True,
