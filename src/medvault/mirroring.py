@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -42,25 +43,33 @@ def _bounded(client: httpx.Client, url: str, limit: int, **params: str | int) ->
         return httpx.Response(answer.status_code, headers=answer.headers, content=bytes(body))
 
 
+def _bundle(client: httpx.Client, start: int, target: int) -> list[bytes]:
+    answer = _bounded(
+        client, "/ledger/entries", MAX_BUNDLE_BYTES + 4 * MAX_BUNDLE_ENTRIES + 1024,
+        start=start, count=min(MAX_BUNDLE_ENTRIES, target - start),
+    )  # fmt: skip
+    if answer.status_code != 200 or not answer.headers.get("content-type", "").startswith(BUNDLE_MEDIA_TYPE):
+        raise InvalidInput(f"GET /ledger/entries answered {answer.status_code}")
+    entries = decode_bundle(answer.content)[: target - start]
+    if not entries:
+        raise InvalidInput(f"the log has no entry {start} although its checkpoint covers {target}")
+    return entries
+
+
 def _fetch_to(client: httpx.Client, mirror: Mirror, target: int, progress: Callable[[int], None]) -> int:
+    """Copy entries up to ``target``: the next bundle is fetched while this one is hashed in."""
     fetched = 0
-    while mirror.size < target:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-fetch") as pool:
         start = mirror.size
-        answer = _bounded(
-            client, "/ledger/entries", MAX_BUNDLE_BYTES + 4 * MAX_BUNDLE_ENTRIES + 1024,
-            start=start, count=min(MAX_BUNDLE_ENTRIES, target - start),
-        )  # fmt: skip
-        if answer.status_code != 200 or not answer.headers.get("content-type", "").startswith(
-            BUNDLE_MEDIA_TYPE
-        ):
-            raise InvalidInput(f"GET /ledger/entries answered {answer.status_code}")
-        entries = decode_bundle(answer.content)
-        if not entries:
-            raise InvalidInput(f"the log has no entry {start} although its checkpoint covers {target}")
-        entries = entries[: target - start]
-        mirror.append(start, entries)
-        fetched += len(entries)
-        progress(len(entries))
+        upcoming = pool.submit(_bundle, client, start, target) if start < target else None
+        while upcoming is not None:
+            entries = upcoming.result()
+            following = start + len(entries)
+            upcoming = pool.submit(_bundle, client, following, target) if following < target else None
+            mirror.append(start, entries)
+            fetched += len(entries)
+            progress(len(entries))
+            start = following
     return fetched
 
 

@@ -18,7 +18,9 @@ _CHUNK = 2048
 DISCLOSURE_KINDS = frozenset({"query", "retrieve", "break_glass", "export", "deidentify", "delete", "store"})
 
 
-def ledger_events(archive: Archive) -> Iterator[tuple[int, dict[str, Any]]]:
+def ledger_events(archive: Archive, *, containing: bytes = b"") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Every ledger event, decoded; with ``containing``, only those whose bytes contain it (a
+    cheap test before the JSON is parsed: a patient's events name their pseudonym)."""
     if archive.audit is None:
         raise ConfigError("this archive keeps no ledger")
     ledger = archive.audit.ledger
@@ -26,7 +28,8 @@ def ledger_events(archive: Archive) -> Iterator[tuple[int, dict[str, Any]]]:
     size = ledger.size
     for start in range(0, size, _CHUNK):
         for offset, data in enumerate(ledger.entries(start, min(start + _CHUNK, size))):
-            yield start + offset, json.loads(data)
+            if containing in data:
+                yield start + offset, json.loads(data)
 
 
 def verify_objects(archive: Archive, progress: Callable[[int], None] | None = None) -> list[str]:
@@ -86,7 +89,7 @@ def disclosures(archive: Archive, patient_id: str, *, since: datetime | None = N
     patient appears only under the keyed pseudonym that the index also uses."""
     pseudonym = archive.index.pseudonym(TAG_PATIENT_ID, patient_id)
     out: list[Disclosure] = []
-    for index, event in ledger_events(archive):
+    for index, event in ledger_events(archive, containing=pseudonym.encode()):
         if event.get("patient") != pseudonym or event.get("kind") not in DISCLOSURE_KINDS:
             continue
         if since is not None and event["time"] < since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"):
