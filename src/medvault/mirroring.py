@@ -19,6 +19,7 @@ import httpx
 from medvault.errors import InvalidInput, MedvaultError
 from medvault.ledger.bundle import BUNDLE_MEDIA_TYPE, MAX_BUNDLE_BYTES, MAX_BUNDLE_ENTRIES, decode_bundle
 from medvault.ledger.mirror import Mirror, MirrorAlert
+from medvault.witnessing import bounded_request
 
 __all__ = ["SyncResult", "sync"]
 
@@ -34,13 +35,7 @@ class SyncResult:
 
 
 def _bounded(client: httpx.Client, url: str, limit: int, **params: str | int) -> httpx.Response:
-    with client.stream("GET", url, params=params) as answer:
-        body = bytearray()
-        for chunk in answer.iter_bytes():
-            body += chunk
-            if len(body) > limit:
-                raise InvalidInput(f"{url} answered more than {limit} bytes")
-        return httpx.Response(answer.status_code, headers=answer.headers, content=bytes(body))
+    return bounded_request(client, "GET", url, limit, params=params)
 
 
 def _bundle(client: httpx.Client, start: int, target: int) -> list[bytes]:

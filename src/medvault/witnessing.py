@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -84,6 +85,21 @@ def witness_policy(
         ) from None
 
 
+MAX_ANSWER_BYTES = 64 * 1024  # a witness's answer, or its view: a checkpoint with signatures
+
+
+def bounded_request(client: httpx.Client, method: str, url: str, limit: int, **kwargs: Any) -> httpx.Response:
+    """A request whose answer is read up to ``limit`` bytes (:class:`InvalidInput` beyond): a
+    witness or an archive that answers without end must not exhaust this process's memory."""
+    with client.stream(method, url, **kwargs) as answer:
+        body = bytearray()
+        for chunk in answer.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise InvalidInput(f"{url} answered more than {limit} bytes")
+        return httpx.Response(answer.status_code, headers=answer.headers, content=bytes(body))
+
+
 class Witnessing:
     """Gathers cosignatures for the newest checkpoint of ``ledger`` from the policy's witnesses."""
 
@@ -95,6 +111,7 @@ class Witnessing:
         report: Callable[[WitnessProblem], None],
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,  # tests: a witness that misbehaves
     ) -> None:
         self.ledger = ledger
         self.policy = policy
@@ -107,6 +124,7 @@ class Witnessing:
             timeout=timeout,
             headers={"content-type": "text/plain; charset=utf-8"},
             follow_redirects=False,
+            transport=transport,
         )
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, len(policy.witnesses)), thread_name_prefix="witness"
@@ -167,9 +185,15 @@ class Witnessing:
                 )
             proof = self.ledger.consistency_proof(old, size).hashes if 0 < old < size else ()
             try:
-                answer = self._client.post(
-                    f"{witness.url}/add-checkpoint", content=format_add_checkpoint(old, proof, note)
+                answer = bounded_request(
+                    self._client,
+                    "POST",
+                    f"{witness.url}/add-checkpoint",
+                    MAX_ANSWER_BYTES,
+                    content=format_add_checkpoint(old, proof, note),
                 )
+            except InvalidInput:
+                raise _Problem("refused", "high", f"witness {name} answered more than 64 KiB") from None
             except httpx.HTTPError as exc:
                 raise _Problem(
                     "unreachable", "high", f"witness {name} unreachable: {type(exc).__name__}"
@@ -337,13 +361,15 @@ def fetch_views(
             if not w.url:
                 continue
             try:
-                answer = client.get(f"{w.url}/latest", params={"origin": origin})
-            except httpx.HTTPError as exc:
+                answer = bounded_request(
+                    client, "GET", f"{w.url}/latest", MAX_ANSWER_BYTES, params={"origin": origin}
+                )
+            except (httpx.HTTPError, InvalidInput) as exc:
                 warn(f"witness {w.verifier.name} unreachable ({type(exc).__name__}): its view is not checked")
                 continue
             if answer.status_code == 404:
                 warn(f"witness {w.verifier.name} holds no checkpoint of this log yet")
-            elif answer.status_code != 200 or len(answer.content) > 64 * 1024:
+            elif answer.status_code != 200:
                 warn(f"witness {w.verifier.name} answered {answer.status_code}: its view is not checked")
             else:
                 views.append(answer.content)
