@@ -153,7 +153,8 @@ def bench_mirror(work: Path, count: int) -> tuple[float, int]:
     # The monitor of a fresh `serve` first scores the whole backlog (here every entry at once), in
     # the worker that also answers: off, so that what is timed is serving and copying the ledger.
     text = (root / "medvault.toml").read_text().replace("port = 2762", f"port = {free_port()}")
-    text = text.replace("[monitor]", "[monitor]\nenabled = false", 1).replace("enabled = true\npoll_ms", "poll_ms")
+    text = text.replace("[monitor]", "[monitor]\nenabled = false", 1)
+    text = text.replace("enabled = true\npoll_ms", "poll_ms")
     (root / "medvault.toml").write_text(text)
     port = free_port()
     env = {**os.environ, "MEDVAULT_PASSPHRASE": PASSPHRASE}
