@@ -45,6 +45,33 @@ def test_auditor_snippet(ledger_path: Path, signer: Signer) -> None:
             ns["check_note"](new.replace(b"\n23\n", b"\n24\n"), key)
 
 
+def test_auditor_snippet_counts_cosignatures(ledger_path: Path, signer: Signer) -> None:
+    from medvault.ledger.cosignature import Cosigner, add_signature_lines
+    from medvault.ledger.note import split_note
+
+    ns = snippet()
+    witnesses = [
+        Cosigner.from_private_bytes(name=f"w{i}.example/w", seed=bytes([i + 1]) * 32) for i in range(3)
+    ]
+    with Ledger.open(ledger_path, signer=signer, origin=ORIGIN) as ledger:
+        ledger.append_many([make_event(i) for i in range(4)])
+        note = ledger.checkpoint()
+    text = split_note(note)[0]
+    cosigned = add_signature_lines(
+        note, "".join(w.cosign(text, 1_700_000_000 + i) for i, w in enumerate(witnesses[:2])).encode()
+    )
+    keys = [w.verifier_key_text() for w in witnesses]
+    assert ns["cosigners"](cosigned, keys) == {"w0.example/w": 1_700_000_000, "w1.example/w": 1_700_000_001}
+    assert (
+        ns["check_note"](cosigned, signer.verifier_key_text())[0] == 4
+    )  # the log's own signature still checks
+    forged = add_signature_lines(note, witnesses[2].cosign(text.replace("\n4\n", "\n5\n"), 7).encode())
+    with pytest.raises(Exception, match=r".*"):
+        ns["cosigners"](forged, keys)
+    with pytest.raises(ValueError, match="cosignature key"):
+        ns["cosigners"](cosigned, [signer.verifier_key_text()])
+
+
 def test_doc_vectors_are_current(signer: Signer) -> None:
     text = DOC.read_text(encoding="utf-8")
     assert signer.verifier_key_text() in text
