@@ -31,6 +31,7 @@ __all__ = [
     "AddCheckpoint",
     "Recorded",
     "check_add_checkpoint",
+    "check_signed",
     "format_add_checkpoint",
     "parse_add_checkpoint",
 ]
@@ -116,6 +117,19 @@ def _verified(note: bytes, keys: Sequence[Verifier]) -> Checkpoint:
     raise WitnessRefused(403, "the checkpoint has no valid signature by a key trusted for its origin")
 
 
+def check_signed(request: AddCheckpoint, logs: Mapping[str, Sequence[Verifier]]) -> Checkpoint:
+    """The checks that need no state (404 unknown log, 403 no trusted signature, 400 malformed):
+    a witness runs them before it takes its write lock, so junk never waits for, or holds, it."""
+    origin = _origin_of(request.note)
+    keys = logs.get(origin)
+    if not keys:
+        raise WitnessRefused(404, "unknown log origin")
+    checkpoint = _verified(request.note, keys)
+    if request.old_size > checkpoint.size:
+        raise WitnessRefused(400, f"old size {request.old_size} is above the checkpoint's {checkpoint.size}")
+    return checkpoint
+
+
 def check_add_checkpoint(
     request: AddCheckpoint, logs: Mapping[str, Sequence[Verifier]], current: Recorded | None
 ) -> Recorded:
@@ -125,13 +139,8 @@ def check_add_checkpoint(
     what was last cosigned for the request's origin (``None``: never). The checks run in the
     spec's order, so a client learns the most useful reason first.
     """
-    origin = _origin_of(request.note)
-    keys = logs.get(origin)
-    if not keys:
-        raise WitnessRefused(404, "unknown log origin")
-    checkpoint = _verified(request.note, keys)
-    if request.old_size > checkpoint.size:
-        raise WitnessRefused(400, f"old size {request.old_size} is above the checkpoint's {checkpoint.size}")
+    checkpoint = check_signed(request, logs)
+    origin = checkpoint.origin
     held = 0 if current is None else current.size
     if request.old_size != held:
         raise WitnessRefused(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from medvault.errors import WitnessRefused
 from medvault.ledger.note import Verifier
-from medvault.ledger.witness import AddCheckpoint, Recorded, check_add_checkpoint
+from medvault.ledger.witness import AddCheckpoint, Recorded, check_add_checkpoint, check_signed
 
 __all__ = ["MAX_REFUSALS", "Refusal", "WitnessStore"]
 
@@ -110,6 +110,7 @@ class WitnessStore:
 
         Raises :class:`WitnessRefused` (nothing recorded but, for 409/422, the evidence).
         """
+        check_signed(request, logs)  # unknown, unsigned or malformed: refused before the lock
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
