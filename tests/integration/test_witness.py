@@ -53,6 +53,10 @@ class Witness:
         return httpx.Client(base_url=self.url, verify=context, timeout=10)
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "medvault.cli", "witness", "serve", "--home", str(self.root)],
             env={**os.environ, "MEDVAULT_PASSPHRASE": PASSPHRASE},
@@ -60,6 +64,9 @@ class Witness:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+
+    def wait_ready(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.process.poll() is None, (
@@ -108,8 +115,12 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     home = make_home(tmp_path / "archive")
-    log_key = home.cli("ledger", "key").stdout.strip().splitlines()[-1]
-    auditor = home.cli("apikeys", "create", "audit", "--role", "auditor").stdout.strip().splitlines()[-1]
+    opened = open_home(home.root, PASSPHRASE)  # in-process: the CLI's start-up costs seconds a call
+    try:
+        log_key = opened.ledger.verifier_key_text()
+        auditor = opened.api_keys.create("audit", role="auditor")
+    finally:
+        opened.close()
     witnesses = [make_witness(tmp_path / f"w{i}", f"witness{i}.example/w", log_key) for i in range(3)]
     (home.root / "witness-cas.pem").write_bytes(
         b"".join((w.root / "tls/ca.pem").read_bytes() for w in witnesses)
@@ -128,7 +139,9 @@ def world(tmp_path: Path) -> Iterator[World]:
 
     try:
         for w in witnesses:
-            w.start()
+            w.spawn()  # the three start side by side
+        for w in witnesses:
+            w.wait_ready()
         yield World(home, witnesses, log_key, start, auditor)
     finally:
         for server in servers:
@@ -154,8 +167,11 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> obj
 
 
 def policy_of(world: World) -> Path:
+    """The archive's witness policy, written once per test by `medvault ledger witness-policy` (the
+    configuration does not change within a test; the command's start-up is what costs)."""
     path = world.home.root / "policy.txt"
-    world.home.cli("ledger", "witness-policy", "--out", str(path))
+    if not path.exists():
+        world.home.cli("ledger", "witness-policy", "--out", str(path))
     return path
 
 
