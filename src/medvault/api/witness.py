@@ -49,6 +49,7 @@ def _refusal(exc: WitnessRefused) -> Response:
 def witness_app(witness: OpenWitness) -> FastAPI:
     """The ASGI app of one opened witness home."""
     app = FastAPI(title="medvault witness", openapi_url=None, docs_url=None, redoc_url=None)
+    logs = witness.config.verifiers()  # parsed once: `add-log` takes effect at the next start
 
     def cosign(recorded: Recorded) -> str:
         return witness.cosigner.cosign(split_note(recorded.note)[0], int(time.time()))
@@ -57,7 +58,6 @@ def witness_app(witness: OpenWitness) -> FastAPI:
     async def add_checkpoint(request: Request) -> Response:
         try:
             parsed = parse_add_checkpoint(await _bounded_body(request))
-            logs = witness.config.verifiers()
             lines = await run_in_threadpool(
                 witness.store.add_checkpoint, parsed, logs, cosign, now=int(time.time())
             )
@@ -68,7 +68,7 @@ def witness_app(witness: OpenWitness) -> FastAPI:
     @app.get("/latest")
     async def latest(origin: str) -> Response:
         recorded = await run_in_threadpool(witness.store.latest, origin)
-        if recorded is None or origin not in witness.config.verifiers():
+        if recorded is None or origin not in logs:
             return PlainTextResponse("no checkpoint cosigned for this origin\n", status_code=404)
         return Response(recorded.note + cosign(recorded).encode(), media_type="text/plain; charset=utf-8")
 

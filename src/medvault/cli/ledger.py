@@ -134,7 +134,7 @@ def ledger_export(
                 ca_file=ca_file,
                 client_cert=client_cert,
                 client_key=client_key,
-                progress=lambda n, task=task: progress.advance(task, n),  # type: ignore[misc]
+                progress=lambda n: progress.advance(task, n),
                 actor=cli_actor(),
             )
     finally:
@@ -188,6 +188,7 @@ def ledger_mirror(
     once: Annotated[bool, typer.Option(help="One round, then exit (2 if any alert was raised).")] = False,
 ) -> None:
     """Copy an archive's ledger and verify it continuously; alert on a rewrite or a split view."""
+    import functools
     import ssl
     import time
 
@@ -218,7 +219,7 @@ def ledger_mirror(
                             client,
                             mirror,
                             witness_context=witnesses,
-                            progress=lambda n, task=task: progress.advance(task, n),  # type: ignore[misc]
+                            progress=functools.partial(progress.advance, task),
                         )
                 except httpx.HTTPError as exc:
                     err.print(f"archive unreachable ({type(exc).__name__}); retrying in {interval} s")

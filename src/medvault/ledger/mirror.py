@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medvault.errors import NoteInvalid
-from medvault.ledger.note import Checkpoint
 from medvault.ledger.policy import PolicyResult, WitnessPolicy
 from medvault.ledger.store import Ledger
 
@@ -126,17 +125,6 @@ class Mirror:
             )
         return result
 
-    def pending(self) -> list[tuple[Checkpoint, bytes, str]]:
-        """Verified checkpoints beyond the copy (checked again once the entries are in)."""
-        rows = self._conn.execute(
-            "SELECT note, source FROM mirror_checkpoints WHERE size > ? ORDER BY size", (self.ledger.size,)
-        ).fetchall()
-        out = []
-        for note, source in rows:
-            result = self.policy.check(bytes(note), origin=self.origin)
-            out.append((result.checkpoint, bytes(note), str(source)))
-        return out
-
     def recheck(self) -> int:
         """Compare every recorded checkpoint the copy now covers with the copy; returns alerts raised."""
         raised = 0
@@ -168,11 +156,3 @@ class Mirror:
             "SELECT id, at, kind, message, evidence FROM mirror_alerts WHERE id > ? ORDER BY id", (after,)
         ).fetchall()
         return [(int(i), MirrorAlert(int(at), str(k), str(m), bytes(e))) for i, at, k, m, e in rows]
-
-    def latest(self) -> PolicyResult | None:
-        """The largest verified checkpoint the copy covers."""
-        row = self._conn.execute(
-            "SELECT note FROM mirror_checkpoints WHERE size <= ? ORDER BY size DESC, id DESC LIMIT 1",
-            (self.ledger.size,),
-        ).fetchone()
-        return None if row is None else self.policy.check(bytes(row[0]), origin=self.origin)

@@ -423,9 +423,11 @@ class Ledger:
         """The newest checkpoint cosigned by at least ``witnesses`` witnesses, with those
         cosignatures, or ``None`` if none is."""
         with self._lock:
+            # Walks the cosignatures' primary key from the newest checkpoint down and stops at the
+            # first with enough: a request never scans the (ever-growing) checkpoints table.
             row = self._conn.execute(
-                "SELECT c.id, c.note FROM checkpoints c WHERE (SELECT COUNT(*) FROM cosignatures s "
-                "WHERE s.checkpoint_id = c.id) >= ? ORDER BY c.id DESC LIMIT 1",
+                "SELECT c.id, c.note FROM checkpoints c WHERE c.id = (SELECT checkpoint_id FROM cosignatures "
+                "GROUP BY checkpoint_id HAVING COUNT(*) >= ? ORDER BY checkpoint_id DESC LIMIT 1)",
                 (witnesses,),
             ).fetchone()
         return None if row is None else self._with_cosignatures(int(row[0]), bytes(row[1]))
