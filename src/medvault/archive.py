@@ -26,6 +26,7 @@ from medvault.dicom.matching import Criterion
 from medvault.dicom.parse import ParsedInstance, parse_instance
 from medvault.dicom.sameness import same_instance
 from medvault.errors import (
+    CommandMismatch,
     Conflict,
     Forbidden,
     IntegrityError,
@@ -592,16 +593,17 @@ class StoreSession:
     def count(self) -> int:
         return len(self._outcomes)
 
-    def add(self, data: bytes, *, actor: Actor | None = None) -> None:
+    def add(self, data: bytes, *, actor: Actor | None = None, expect: tuple[str, str] | None = None) -> None:
         """Take the next instance (its outcome is the next in :meth:`finish`'s list). Blocks while
         the writer threads are behind (back-pressure on the sender). ``actor``: who sent this
         one, when the session groups several senders (the DIMSE listener's concurrent
-        associations of one node); its store event names them."""
+        associations of one node); its store event names them. ``expect``: the (SOP Class,
+        SOP Instance) UIDs the data set must carry (a C-STORE command's)."""
         pos = len(self._outcomes)
         self._outcomes.append(None)
         if actor is not None:
             self._actors[pos] = actor
-        outcome = self._check(pos, data)
+        outcome = self._check(pos, data, expect)
         if outcome is not None:
             self._settle(pos, outcome)
         if len(self._parsed) >= _GROUP_INSTANCES or self._parsed_bytes >= _GROUP_BYTES:
@@ -646,13 +648,17 @@ class StoreSession:
 
     # -- the steps ---------------------------------------------------------------------------------
 
-    def _check(self, pos: int, data: bytes) -> StoreOutcome | None:
+    def _check(self, pos: int, data: bytes, expect: tuple[str, str] | None) -> StoreOutcome | None:
         """Parse and decide an instance; an outcome when it is settled already, else None (queued)."""
         archive = self._archive
         try:
             parsed = archive._parse(data)
         except MedvaultError as exc:
             return StoreOutcome("failed", error=exc)
+        if expect is not None and (parsed.sop_class_uid, parsed.sop_instance_uid) != expect:
+            field = "SOPClassUID" if parsed.sop_class_uid != expect[0] else "SOPInstanceUID"
+            mismatch = CommandMismatch(f"the data set's {field} is not the one its C-STORE command names")
+            return archive._failed(parsed, mismatch)
         if self._study_uid is not None and parsed.study_instance_uid != self._study_uid:
             return archive._failed(
                 parsed, StudyMismatch("the instance's StudyInstanceUID differs from the study in the URL")

@@ -58,6 +58,12 @@ class MissingAttribute(InvalidInput):
     failure_reason = 0xA900  # Error: data set does not match SOP class
 
 
+class CommandMismatch(InvalidInput):
+    """A C-STORE data set whose SOP Class or Instance UID is not the one its command names."""
+
+    failure_reason = 0xA900
+
+
 class StudyMismatch(InvalidInput):
     http_status = 409
     failure_reason = 0xA900

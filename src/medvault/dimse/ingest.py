@@ -29,6 +29,7 @@ class _Request:
     node: str
     actor: Actor | None
     check: StoreCheck | None
+    expect: tuple[str, str] | None
     done: threading.Event = field(default_factory=threading.Event)
     outcome: StoreOutcome | None = None
     error: BaseException | None = None
@@ -45,10 +46,19 @@ class StoreQueue:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def store(self, data: bytes, *, node: str, actor: Actor | None, check: StoreCheck | None) -> StoreOutcome:
+    def store(
+        self,
+        data: bytes,
+        *,
+        node: str,
+        actor: Actor | None,
+        check: StoreCheck | None,
+        expect: tuple[str, str] | None = None,
+    ) -> StoreOutcome:
         """Store one instance, grouped with the waiting requests of the same node; its outcome,
-        or the error the write raised."""
-        request = _Request(data, node, actor, check)
+        or the error the write raised. ``expect``: the (SOP Class, SOP Instance) UIDs its
+        C-STORE command named."""
+        request = _Request(data, node, actor, check, expect)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the DIMSE listener is shutting down")
@@ -101,7 +111,7 @@ def _write(archive: Archive, group: list[_Request]) -> None:
         session = archive.begin_store(actor=first.actor, may_store=first.check)
         try:
             for request in group:
-                session.add(request.data, actor=request.actor)
+                session.add(request.data, actor=request.actor, expect=request.expect)
         except BaseException:
             session.abort()
             raise

@@ -59,13 +59,22 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from medvault.access.policy import Action, Context, DecisionPoint, Grant, Principal
 from medvault.archive import Archive, StoreCheck
+from medvault.dimse import pdu
 from medvault.dimse._tls import DimseTls, NodeTls, peer_text
 from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
 from medvault.dimse.ingest import StoreQueue
+from medvault.dimse.intake import (
+    ASSOCIATE_RQ_LIMIT,
+    Closed,
+    Received,
+    is_storage_only,
+    read_pdu,
+    serve_storage_association,
+)
 from medvault.dimse.permissions import DimseOperation, NodeDecision, decide_node
 from medvault.dimse.query import (
     PATIENT_ROOT,
@@ -208,9 +217,45 @@ class _Session:
     checked: Node | None = None  # the registry's record, as read for the request in hand
 
 
+class _ReplaySocket(AssociationSocket):
+    """pynetdicom's socket, first handing out the A-ASSOCIATE-RQ the listener read to route the
+    association (see :meth:`DimseServer._route`)."""
+
+    _prefix: bytearray
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._prefix) or bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if not self._prefix:
+            return super().recv(nr_bytes)
+        head = self._prefix[:nr_bytes]
+        del self._prefix[:nr_bytes]
+        if len(head) < nr_bytes:
+            head += super().recv(nr_bytes - len(head))
+        return head
+
+
+class _Handler(RequestHandler):
+    server: _Server
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        with self.server.listener._lock:
+            prefix = self.server.listener._prefixes.pop(self.request, b"")
+        if prefix:
+            sock = assoc.dul.socket
+            sock.__class__ = _ReplaySocket  # the same object: pynetdicom queued its events already
+            assert isinstance(sock, _ReplaySocket)
+            sock._prefix = bytearray(prefix)
+        return assoc
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server with the TLS handshake moved into the connection's thread, where
-    failures are seen (and audited) instead of being dropped by the accept loop."""
+    failures are seen (and audited) instead of being dropped by the accept loop, and storage
+    associations served by the listener's own path (medvault.dimse.intake)."""
 
     listener: DimseServer
 
@@ -231,6 +276,16 @@ class _Server(ThreadedAssociationServer):
         if admitted is None:
             _close(request)
             return
+        try:
+            prefix = self.listener._route(admitted, client_address)
+        except Exception:
+            LOGGER.exception("DIMSE association from %s failed", peer_text(client_address))
+            prefix = None
+        if prefix is None:  # served here, or refused
+            _close(admitted)
+            return
+        with self.listener._lock:
+            self.listener._prefixes[admitted] = prefix
         super().process_request_thread(admitted, client_address)
 
 
@@ -266,6 +321,9 @@ class DimseServer:
         self._admitted: weakref.WeakKeyDictionary[socket.socket, Node] = weakref.WeakKeyDictionary()
         self._sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._prefixes: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+        self._native: set[socket.socket] = set()  # storage associations served by medvault.dimse.intake
+        self._max_associations = max_associations
         self._ingest = StoreQueue(archive)  # concurrent associations' C-STOREs, written together
 
         _configure_pynetdicom()
@@ -300,7 +358,10 @@ class DimseServer:
         server = ae.make_server((host, port), ae_title=ae_title, evt_handlers=handlers, server_class=_Server)
         assert isinstance(server, _Server)
         server.listener = self
+        server.RequestHandlerClass = _Handler
         self._server = server
+        self.implementation_class_uid = str(ae.implementation_class_uid)
+        self.implementation_version = str(ae.implementation_version_name or "")
         ae._servers.append(server)
         self.host, self.port = server.server_address[0], int(server.server_address[1])
         self._thread = threading.Thread(
@@ -308,7 +369,7 @@ class DimseServer:
         )
         self._thread.start()
         mode = "plain TCP" if self.plain else "mutual TLS"
-        self._emit(
+        self.emit(
             DimseAuditEvent(
                 "dimse.listener.start",
                 "info",
@@ -325,7 +386,7 @@ class DimseServer:
                 self.port,
                 ae_title,
             )
-            self._emit(
+            self.emit(
                 DimseAuditEvent(
                     "dimse.plain_enabled",
                     "warning",
@@ -342,9 +403,16 @@ class DimseServer:
         self._server.shutdown()
         for assoc in list(self._ae.active_associations):
             assoc.abort()
+        with self._lock:
+            native = list(self._native)
+        for conn in native:  # their threads see the connection end (a C-STORE in hand is written)
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._ingest.close()  # what was received is written and answered before the stop
         self._thread.join(timeout=10)
-        self._emit(DimseAuditEvent("dimse.listener.stop", "info", called_ae=self.ae_title))
+        self.emit(DimseAuditEvent("dimse.listener.stop", "info", called_ae=self.ae_title))
 
     def __enter__(self) -> DimseServer:
         return self
@@ -354,7 +422,7 @@ class DimseServer:
 
     # -- audit -----------------------------------------------------------------------------------
 
-    def _emit(self, event: DimseAuditEvent) -> None:
+    def emit(self, event: DimseAuditEvent) -> None:
         try:
             self._audit(event)
         except Exception:
@@ -363,7 +431,7 @@ class DimseServer:
     # -- connection admission --------------------------------------------------------------------
 
     def _refuse(self, peer: str, reason: str, node: Node | None = None) -> None:
-        self._emit(
+        self.emit(
             DimseAuditEvent(
                 "dimse.tls", "refused", peer=peer, node=node.name if node else None, reason=reason
             )
@@ -414,10 +482,23 @@ class DimseServer:
         calling = str(rq.calling_ae_title).strip()
         called = str(rq.called_ae_title).strip()
         peer = self._peer(assoc)
+        node, reason = self._node_for(assoc.dul.socket.socket, calling, peer)
+        if reason is not None:
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
+            # As pynetdicom does after its own rejections: wait until the DUL has sent the
+            # A-ASSOCIATE-RJ, else the socket is shut down first and the peer sees an abort.
+            assoc.kill()
+            self._rejected(peer, node, calling, called, reason)
+            return
+        assert node is not None
+        self._sessions[assoc] = _Session(node=node.name, peer=peer, calling_ae=calling)
+
+    def _node_for(self, conn: socket.socket, calling: str, peer: str) -> tuple[Node | None, str | None]:
+        """The registered node behind a connection and its A-ASSOCIATE-RQ, or why there is none."""
         node: Node | None
         if self._node_tls is not None:
             with self._lock:
-                node = self._admitted.pop(assoc.dul.socket.socket, None)
+                node = self._admitted.pop(conn, None)
             if node is not None:
                 try:
                     node = self.nodes.get(node.name)  # fresh: revocation between handshake and now
@@ -428,33 +509,151 @@ class DimseServer:
             node = next(
                 (n for n in self.nodes.get_by_ae_title(calling) if n.host == host and not n.revoked), None
             )
-        reason: str | None = None
         if node is None:
-            reason = "no registered node for this connection"
-        elif node.revoked:
-            reason = f"node {node.name} is revoked"
-        elif calling != node.ae_title:
-            reason = f"calling AE title {calling!r} is not node {node.name}'s ({node.ae_title!r})"
-        if reason is not None:
-            assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, calling AE not recognised
-            # As pynetdicom does after its own rejections: wait until the DUL has sent the
-            # A-ASSOCIATE-RJ, else the socket is shut down first and the peer sees an abort.
-            assoc.kill()
-            self._emit(
+            return None, "no registered node for this connection"
+        if node.revoked:
+            return node, f"node {node.name} is revoked"
+        if calling != node.ae_title:
+            return node, f"calling AE title {calling!r} is not node {node.name}'s ({node.ae_title!r})"
+        return node, None
+
+    def _rejected(self, peer: str, node: Node | None, calling: str, called: str, reason: str) -> None:
+        self.emit(
+            DimseAuditEvent(
+                "dimse.association",
+                "denied",
+                peer=peer,
+                node=node.name if node else None,
+                calling_ae=calling,
+                called_ae=called,
+                reason=reason,
+                details={"event": "rejected"},
+            )
+        )
+
+    # -- the storage path (medvault.dimse.intake) ----------------------------------------------
+
+    def _route(self, conn: socket.socket, address: Any) -> bytes | None:
+        """Read the A-ASSOCIATE-RQ; serve a storage-only association here and return None, or
+        return the PDU's bytes for pynetdicom to serve (Query/Retrieve, role selection, ...)."""
+        peer = peer_text(address)
+        try:
+            conn.settimeout(float(self._ae.acse_timeout or 30))
+            pdu_type, body = read_pdu(conn, ASSOCIATE_RQ_LIMIT)
+            if pdu_type != pdu.A_ASSOCIATE_RQ:
+                raise pdu.PduError("the first PDU is not an A-ASSOCIATE-RQ")
+            rq = pdu.parse_associate_rq(body)
+        except pdu.PduError as exc:
+            try:
+                conn.sendall(pdu.abort(2, 2))
+            except OSError:
+                pass
+            self.emit(
                 DimseAuditEvent(
                     "dimse.association",
-                    "denied",
+                    "warning",
                     peer=peer,
-                    node=node.name if node else None,
-                    calling_ae=calling,
-                    called_ae=called,
-                    reason=reason,
-                    details={"event": "rejected"},
+                    reason=str(exc)[:200],
+                    details={"event": "aborted"},
                 )
             )
+            return None
+        except (Closed, OSError):
+            return None
+        if not is_storage_only(rq, _STORAGE_CLASSES):
+            conn.settimeout(None)
+            return pdu.encode(pdu_type, body)
+        self._serve_storage(conn, rq, peer)
+        return None
+
+    def _serve_storage(self, conn: socket.socket, rq: pdu.AssociateRequest, peer: str) -> None:
+        def reject(result: int, source: int, reason_code: int, node: Node | None, reason: str) -> None:
+            try:
+                conn.sendall(pdu.associate_rj(result, source, reason_code))
+            except OSError:
+                pass
+            self._rejected(peer, node, rq.calling_ae, rq.called_ae, reason)
+
+        if rq.called_ae != self.ae_title:
+            reject(1, 1, 7, None, f"called AE title {rq.called_ae!r} is not this listener's")
+            return
+        if rq.application_context != pdu.APPLICATION_CONTEXT:
+            reject(1, 1, 2, None, "application context name not supported")
+            return
+        node, reason = self._node_for(conn, rq.calling_ae, peer)
+        if reason is not None:
+            reject(1, 1, 3, node, reason)
             return
         assert node is not None
-        self._sessions[assoc] = _Session(node=node.name, peer=peer, calling_ae=calling)
+        with self._lock:
+            busy = len(self._native) + len(self._ae.active_associations) >= self._max_associations
+            if not busy:
+                self._native.add(conn)
+        if busy:
+            reject(2, 3, 2, node, "too many concurrent associations")
+            return
+
+        def done() -> None:
+            with self._lock:
+                self._native.discard(conn)
+
+        session = _Session(node=node.name, peer=peer, calling_ae=rq.calling_ae)
+        serve_storage_association(
+            conn, rq, session, self, idle_timeout=float(self._ae.network_timeout or 120), on_done=done
+        )
+
+    @property
+    def max_instance_bytes(self) -> int:
+        return self.archive.max_instance_bytes
+
+    def accept_contexts(self, rq: pdu.AssociateRequest) -> list[tuple[int, int, str]]:
+        """Per proposed context: (ID, result, transfer syntax), the requestor's first supported
+        transfer syntax winning, as pynetdicom chooses."""
+        results: list[tuple[int, int, str]] = []
+        for context in rq.contexts:
+            supported: list[str]
+            if context.abstract_syntax == Verification:
+                supported = list(_QR_TRANSFER_SYNTAXES)
+            elif context.abstract_syntax in _STORAGE_CLASSES:
+                supported = list(STORAGE_TRANSFER_SYNTAXES)
+            else:
+                results.append((context.id, 3, ImplicitVRLittleEndian))
+                continue
+            chosen = next((ts for ts in context.transfer_syntaxes if ts in supported), None)
+            results.append((context.id, 0, chosen) if chosen else (context.id, 4, ImplicitVRLittleEndian))
+        return results
+
+    def association_event(self, session: object, name: str, outcome: Outcome) -> None:
+        assert isinstance(session, _Session)
+        self.emit(
+            DimseAuditEvent(
+                "dimse.association",
+                outcome,
+                peer=session.peer,
+                node=session.node,
+                calling_ae=session.calling_ae,
+                called_ae=self.ae_title,
+                details={"event": name},
+            )
+        )
+
+    def echo(self, session: object) -> int:
+        assert isinstance(session, _Session)
+        if self._authorize(session, DimseOperation.ECHO) is not None:
+            return STATUS_NOT_AUTHORIZED
+        self._op_event(session, "dimse.echo", STATUS_SUCCESS, {})
+        return STATUS_SUCCESS
+
+    def store_failed(
+        self, session: object, sop_class: str, sop_instance: str, ts: str, status: int, reason: str
+    ) -> None:
+        assert isinstance(session, _Session)
+        details: dict[str, str | int] = {
+            "sop_class_uid": sop_class,
+            "sop_instance_uid": sop_instance,
+            "transfer_syntax": ts,
+        }
+        self._op_event(session, "dimse.store", status, details, reason)
 
     def _on_association(self, name: str, outcome: Outcome) -> Any:
         def handler(event: Any) -> None:
@@ -462,7 +661,7 @@ class DimseServer:
             if session is None and name != "rejected":
                 return  # refused in _on_requested: already audited
             rq = event.assoc.requestor.primitive
-            self._emit(
+            self.emit(
                 DimseAuditEvent(
                     "dimse.association",
                     outcome,
@@ -476,9 +675,8 @@ class DimseServer:
 
         return handler
 
-    def _authorize(self, event: Any, operation: DimseOperation) -> tuple[_Session | None, str | None]:
-        """(session, None) when allowed; (session or None, reason) when not. Audits denials."""
-        session = self._sessions.get(event.assoc)
+    def _authorize(self, session: _Session | None, operation: DimseOperation) -> str | None:
+        """None when allowed, else why not (audited)."""
         node: Node | None = None
         if session is not None:
             try:
@@ -498,7 +696,7 @@ class DimseServer:
             )
             decision = NodeDecision(verdict.allowed, verdict.reason)
         if not decision.allowed:
-            self._emit(
+            self.emit(
                 DimseAuditEvent(
                     f"dimse.{operation}",
                     "denied",
@@ -509,8 +707,8 @@ class DimseServer:
                     reason=decision.reason,
                 )
             )
-            return session, decision.reason
-        return session, None
+            return decision.reason or "not authorized"
+        return None
 
     def _op_event(
         self,
@@ -520,7 +718,7 @@ class DimseServer:
         details: dict[str, str | int],
         reason: str | None = None,
     ) -> None:
-        self._emit(
+        self.emit(
             DimseAuditEvent(
                 action,
                 _outcome(status),
@@ -536,11 +734,8 @@ class DimseServer:
     # -- C-ECHO ----------------------------------------------------------------------------------
 
     def _on_echo(self, event: Any) -> int:
-        session, denied = self._authorize(event, DimseOperation.ECHO)
-        if denied or session is None:
-            return STATUS_NOT_AUTHORIZED
-        self._op_event(session, "dimse.echo", STATUS_SUCCESS, {})
-        return STATUS_SUCCESS
+        session = self._sessions.get(event.assoc)
+        return STATUS_NOT_AUTHORIZED if session is None else self.echo(session)
 
     # -- C-STORE ---------------------------------------------------------------------------------
 
@@ -575,27 +770,40 @@ class DimseServer:
         return guard.store_check(node_principal(node), client=session.peer)
 
     def _on_store(self, event: Any) -> int:
-        session, denied = self._authorize(event, DimseOperation.STORE)
-        if denied or session is None:
+        session = self._sessions.get(event.assoc)
+        if session is None:
             return STATUS_NOT_AUTHORIZED
         req = event.request
-        details: dict[str, str | int] = {
-            "sop_class_uid": str(req.AffectedSOPClassUID),
-            "sop_instance_uid": str(req.AffectedSOPInstanceUID),
-            "transfer_syntax": str(event.context.transfer_syntax),
-        }
+        sop_class, sop_instance = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+        ts = str(event.context.transfer_syntax)
         try:
             data = self._received(event)
-            mismatch = _sop_mismatch(data, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID))
-            if mismatch:
-                self._op_event(session, "dimse.store", STATUS_DOES_NOT_MATCH_SOP_CLASS, details, mismatch)
-                return STATUS_DOES_NOT_MATCH_SOP_CLASS
-            outcome = self._ingest.store(
-                data, node=session.node, actor=_node_actor(session), check=self._store_check(session)
-            )
         except IdentifierError as exc:
-            self._op_event(session, "dimse.store", exc.status, details, str(exc))
+            self.store_failed(session, sop_class, sop_instance, ts, exc.status, str(exc))
             return exc.status
+        except MedvaultError as exc:
+            self.store_failed(session, sop_class, sop_instance, ts, exc.failure_reason, exc.message)
+            return exc.failure_reason
+        return self.store(session, Received(data, sop_class, sop_instance, ts))
+
+    def store(self, session: object, received: Received) -> int:
+        """Store one C-STORE's data set through the write pipeline; the C-STORE status."""
+        assert isinstance(session, _Session)
+        if self._authorize(session, DimseOperation.STORE) is not None:
+            return STATUS_NOT_AUTHORIZED
+        details: dict[str, str | int] = {
+            "sop_class_uid": received.sop_class_uid,
+            "sop_instance_uid": received.sop_instance_uid,
+            "transfer_syntax": received.transfer_syntax,
+        }
+        try:
+            outcome = self._ingest.store(
+                received.data,
+                node=session.node,
+                actor=_node_actor(session),
+                check=self._store_check(session),
+                expect=(received.sop_class_uid, received.sop_instance_uid),
+            )
         except MedvaultError as exc:
             self._op_event(session, "dimse.store", exc.failure_reason, details, exc.message)
             return exc.failure_reason
@@ -620,7 +828,8 @@ class DimseServer:
     # -- C-FIND ----------------------------------------------------------------------------------
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        session, denied = self._authorize(event, DimseOperation.FIND)
+        session = self._sessions.get(event.assoc)
+        denied = self._authorize(session, DimseOperation.FIND)
         if denied or session is None:
             yield STATUS_NOT_AUTHORIZED, None
             return
@@ -749,7 +958,8 @@ class DimseServer:
         return parse_retrieve_identifier(identifier, model)
 
     def _on_get(self, event: Any) -> Iterator[Any]:
-        session, denied = self._authorize(event, DimseOperation.GET)
+        session = self._sessions.get(event.assoc)
+        denied = self._authorize(session, DimseOperation.GET)
         if denied or session is None:
             yield 1
             yield STATUS_NOT_AUTHORIZED, None
@@ -775,7 +985,8 @@ class DimseServer:
         yield from self._datasets(event, records)
 
     def _on_move(self, event: Any) -> Iterator[Any]:
-        session, denied = self._authorize(event, DimseOperation.MOVE)
+        session = self._sessions.get(event.assoc)
+        denied = self._authorize(session, DimseOperation.MOVE)
         if denied or session is None:
             raise PermissionError(denied or "not authorized")  # pynetdicom answers 0xC514 (failure)
         destination_ae = str(event.move_destination or "").strip()
@@ -863,20 +1074,7 @@ def _contexts_for(records: list[InstanceRecord]) -> list[Any]:
     return contexts or [build_context(Verification)]
 
 
-def _sop_mismatch(data: bytes, sop_class: str, sop_instance: str) -> str | None:
-    """Why the data set disagrees with the C-STORE command's SOP UIDs, or None (also None when it
-    cannot be read: the archive's parser then words the refusal)."""
-    try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
-    except Exception:
-        return None
-    found_class = str(ds.get("SOPClassUID", "")).strip("\x00 ")
-    found_instance = str(ds.get("SOPInstanceUID", "")).strip("\x00 ")
-    if found_class and found_class != sop_class:
-        return "the data set's SOPClassUID differs from the C-STORE Affected SOP Class UID"
-    if found_instance and found_instance != sop_instance:
-        return "the data set's SOPInstanceUID differs from the C-STORE Affected SOP Instance UID"
-    return None
+_STORAGE_CLASSES: Final = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
 
 def start_dimse_server(
