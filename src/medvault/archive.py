@@ -721,7 +721,10 @@ class StoreSession:
                 self._settle(pos, self._duplicate(parsed, digest, known, data))
                 continue
             prepared = archive._prepare(data, parsed, digest)
-            future = archive._writer.submit(archive._encrypt_and_put, data, prepared)
+            if len(queued) == 1 and not self._inflight:
+                future = _written_here(archive._encrypt_and_put, data, prepared)  # nothing to overlap
+            else:
+                future = archive._writer.submit(archive._encrypt_and_put, data, prepared)
             self._inflight.append((pos, prepared, future, len(data)))
             self._inflight_bytes += len(data)
             self._drain(_INFLIGHT_BYTES)
@@ -805,6 +808,21 @@ class StoreSession:
 
     def _actor_of(self, pos: int) -> Actor | None:
         return self._actors.get(pos, self._actor)
+
+
+def _written_here(
+    write: Callable[[bytes, _Prepared], None], data: bytes, prepared: _Prepared
+) -> Future[None]:
+    """A lone instance (a C-STORE) is written in the caller's thread: a hand-off to a writer
+    thread and back costs more than it overlaps."""
+    future: Future[None] = Future()
+    try:
+        write(data, prepared)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+    return future
 
 
 _OUT_OF_SCOPE = Forbidden(

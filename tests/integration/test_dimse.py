@@ -11,6 +11,7 @@ import json
 import socket
 import sqlite3
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -25,6 +26,8 @@ import pydicom.data
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -45,12 +48,15 @@ from medvault.dimse import (
     ca_material,
     dimse_tls_for_home,
     node_store,
+    pdu,
     start_dimse_server,
     write_node_credentials,
 )
+from medvault.dimse.intake import MAX_PDU_LENGTH, read_pdu
 from medvault.home import OpenHome, open_home
 from medvault.sample import generate_study
 from tests.conftest import PASSPHRASE, Home, Server, free_port, make_home
+from tests.unit.dimse.test_pdu import associate_rq_bytes
 
 pytestmark = pytest.mark.integration
 DCMTK = Path("/usr/bin/storescu")
@@ -847,3 +853,164 @@ def test_serve_starts_the_dimse_listener_and_nodes_cli_issues_certificates(
     assert any(b'"dimse.listener.start"' in leaf for leaf in leaves)
     refused = subprocess.run(echo, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert refused.returncode != 0
+
+
+# -- attacks on the storage path (medvault.dimse.intake, issue #19) --------------------------------
+# Lying PDU lengths, an oversized data set, an abort in the middle of one, too many associations:
+# each is answered (A-ABORT, A-ASSOCIATE-RJ or a C-STORE failure status), nothing is half-stored,
+# memory stays bounded and the listener goes on serving.
+
+CT = str(CTImageStorage)
+
+
+def connect(env: Env) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", env.port), timeout=20)
+    return env.ssl_context("scu").wrap_socket(raw, server_hostname="localhost")
+
+
+@pytest.fixture
+def associated(env: Env) -> Iterator[ssl.SSLSocket]:
+    """A raw TLS connection with an accepted storage association (context 1: CT, Explicit LE)."""
+    conn = connect(env)
+    conn.sendall(associate_rq_bytes([(CT, [ExplicitVRLittleEndian])], calling="SCU1"))
+    pdu_type, _ = read_pdu(conn, 1 << 20)
+    assert pdu_type == pdu.A_ASSOCIATE_AC
+    yield conn
+    conn.close()
+
+
+def c_store_rq(sop_instance: str, message_id: int = 1) -> bytes:
+    command = pdu.command_set(
+        {0x0002: CT, 0x0100: 0x0001, 0x0110: message_id, 0x0700: 0, 0x0800: 0x0000, 0x1000: sop_instance}
+    )
+    return pdu.pdata(1, command, is_command=True)
+
+
+def data_pdv(data: bytes, *, last: bool) -> bytes:
+    return pdu.encode(pdu.P_DATA_TF, struct.pack(">IBB", len(data) + 2, 1, 2 if last else 0) + data)
+
+
+def data_set_bytes(env: Env, seed: int, rows: int = 16) -> tuple[str, bytes]:
+    ds = fresh_ct(env, seed)
+    if rows != 16:
+        ds.Rows = ds.Columns = rows
+        ds.PixelData = b"\x01\x00" * rows * rows
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return str(ds.SOPInstanceUID), buffer.getvalue()
+
+
+def status_of(conn: ssl.SSLSocket) -> int:
+    pdu_type, body = read_pdu(conn, 1 << 20)
+    assert pdu_type == pdu.P_DATA_TF
+    (pdv,) = pdu.parse_pdata(body)
+    assert pdv.is_command
+    return int(pdu.parse_command(bytes(pdv.data))[0x0900])
+
+
+def still_serving(env: Env) -> bool:
+    scu = AE(ae_title="SCU1")
+    scu.add_requested_context(Verification)
+    assoc = scu.associate(
+        "127.0.0.1", env.port, ae_title="MEDVAULT", tls_args=(env.ssl_context("scu"), "localhost")
+    )
+    try:
+        return bool(assoc.is_established) and int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
+
+
+def test_a_lying_associate_rq_length_is_aborted_before_any_allocation(env: Env) -> None:
+    conn = connect(env)
+    conn.sendall(struct.pack(">BBI", pdu.A_ASSOCIATE_RQ, 0, 0xFFFFFFF0))  # "4 GB follow"
+    pdu_type, body = read_pdu(conn, 16)
+    assert pdu_type == pdu.A_ABORT and body[2] == 2  # source: service provider
+    conn.close()
+    assert still_serving(env)
+
+
+def test_a_pdu_over_the_announced_maximum_is_aborted(env: Env, associated: ssl.SSLSocket) -> None:
+    associated.sendall(struct.pack(">BBI", pdu.P_DATA_TF, 0, MAX_PDU_LENGTH + 1))
+    pdu_type, body = read_pdu(associated, 16)
+    assert pdu_type == pdu.A_ABORT and body[3] == 6  # invalid PDU parameter value
+    assert still_serving(env)
+
+
+def test_data_on_a_context_never_accepted_is_aborted(env: Env, associated: ssl.SSLSocket) -> None:
+    associated.sendall(pdu.encode(pdu.P_DATA_TF, struct.pack(">IBB", 3, 9, 3) + b"x"))
+    pdu_type, _ = read_pdu(associated, 16)
+    assert pdu_type == pdu.A_ABORT
+
+
+def test_an_oversized_data_set_is_refused_and_the_association_goes_on(
+    env: Env, associated: ssl.SSLSocket
+) -> None:
+    archive = env.home.archive
+    limit = archive.max_instance_bytes
+    big_uid, big = data_set_bytes(env, 901, rows=128)  # ~33 kB
+    archive.max_instance_bytes = 8 * 1024
+    try:
+        associated.sendall(c_store_rq(big_uid))
+        for start in range(0, len(big), 4096):  # in many PDUs: read to the end, kept no further
+            associated.sendall(data_pdv(big[start : start + 4096], last=start + 4096 >= len(big)))
+        assert status_of(associated) == 0xA700
+    finally:
+        archive.max_instance_bytes = limit
+    small_uid, small = data_set_bytes(env, 902)
+    associated.sendall(c_store_rq(small_uid, message_id=2) + data_pdv(small, last=True))
+    assert status_of(associated) == 0x0000
+    uids = stored_uids(env)
+    assert small_uid in uids and big_uid not in uids
+
+
+def test_an_abort_in_the_middle_of_a_data_set_stores_nothing(env: Env, associated: ssl.SSLSocket) -> None:
+    uid, data = data_set_bytes(env, 903)
+    associated.sendall(c_store_rq(uid) + data_pdv(data[: len(data) // 2], last=False))
+    associated.sendall(pdu.abort(0, 0))
+    associated.close()
+    assert uid not in stored_uids(env)
+    assert still_serving(env)
+
+
+def test_a_command_without_its_data_set_then_release(env: Env, associated: ssl.SSLSocket) -> None:
+    """A C-STORE-RQ saying "no data set follows" is answered 0xC000; release is answered."""
+    command = pdu.command_set({0x0002: CT, 0x0100: 0x0001, 0x0110: 5, 0x0800: 0x0101, 0x1000: "1.2.3.9"})
+    associated.sendall(pdu.pdata(1, command, is_command=True))
+    assert status_of(associated) == 0xC000
+    associated.sendall(pdu.encode(pdu.A_RELEASE_RQ, bytes(4)))
+    pdu_type, _ = read_pdu(associated, 16)
+    assert pdu_type == pdu.A_RELEASE_RP
+
+
+def test_stored_bytes_are_the_data_set_as_sent(env: Env, associated: ssl.SSLSocket) -> None:
+    uid, data = data_set_bytes(env, 904)
+    associated.sendall(c_store_rq(uid) + data_pdv(data, last=True))
+    assert status_of(associated) == 0x0000
+    ds = dcmread(fresh_path := env.tmp / "fresh904" / "S01" / "I0001.dcm")
+    (record,) = env.home.archive.instances(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), uid)
+    stored = env.home.archive.read(record)
+    assert stored.endswith(data)  # Part 10 header of ours, then the data set byte for byte
+    assert dcmread(fresh_path).PixelData == dcmread(DicomBytesIO(stored)).PixelData
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently(env: Env) -> None:
+    limit = env.server._max_associations
+    open_ones = []
+    try:
+        for _ in range(limit):
+            conn = connect(env)
+            conn.sendall(associate_rq_bytes([(CT, [ExplicitVRLittleEndian])], calling="SCU1"))
+            assert read_pdu(conn, 1 << 20)[0] == pdu.A_ASSOCIATE_AC
+            open_ones.append(conn)
+        extra = connect(env)
+        extra.sendall(associate_rq_bytes([(CT, [ExplicitVRLittleEndian])], calling="SCU1"))
+        pdu_type, body = read_pdu(extra, 16)
+        assert pdu_type == pdu.A_ASSOCIATE_RJ and body[1] == 2  # transient: try again later
+        extra.close()
+    finally:
+        for conn in open_ones:
+            conn.sendall(pdu.encode(pdu.A_RELEASE_RQ, bytes(4)))
+            read_pdu(conn, 16)
+            conn.close()
+    assert still_serving(env)

@@ -4,7 +4,8 @@ A modality sends one instance per C-STORE and waits for its response, so each as
 gives the write pipeline groups of one: a transaction, a ledger append and their fsyncs per
 instance. Several associations of one node (a CT sending on four) arrive at once, though; this
 queue hands whatever is waiting from one node to a single :class:`~medvault.archive.StoreSession`
-(one index transaction, one ledger append), and answers each request with its own outcome.
+(one index transaction, one ledger append), and answers each request with its own outcome. The
+writing is done by the requests' own threads, one at a time (see :class:`StoreQueue`).
 Nothing is acknowledged before it is durable, indexed and ledgered, exactly as before; each
 instance's store event names its own association's actor.
 """
@@ -36,15 +37,17 @@ class _Request:
 
 
 class StoreQueue:
-    """One writer thread for the listener; :meth:`store` blocks its caller until done."""
+    """Group commit without a writer thread of its own: the caller that finds nobody writing
+    writes (its request, and whatever the same node has waiting), the others wait for their
+    outcome or for their turn to write (leader/follower). One association alone thus pays no
+    hand-off between threads; concurrent ones share a session. :meth:`store` blocks until done."""
 
-    def __init__(self, archive: Archive, *, name: str = "medvault-dimse-ingest") -> None:
+    def __init__(self, archive: Archive) -> None:
         self._archive = archive
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
+        self._writing = False
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
 
     def store(
         self,
@@ -63,26 +66,36 @@ class StoreQueue:
             if self._stopping:
                 raise RuntimeError("the DIMSE listener is shutting down")
             self._queue.append(request)
-            self._cond.notify()
-        request.done.wait()
+            while self._writing and not request.done.is_set():
+                self._cond.wait()
+            leader = not request.done.is_set()
+            if leader:
+                self._writing = True
+        if leader:
+            try:
+                while not request.done.is_set():
+                    group = self._next_group()
+                    _write(self._archive, group)
+                    with self._cond:
+                        self._cond.notify_all()
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()  # the next waiting request writes
         if request.error is not None:
             raise request.error
         assert request.outcome is not None
         return request.outcome
 
     def close(self) -> None:
-        """Finish what is queued, then stop the writer thread."""
+        """Refuse new requests; wait (at most a minute) for those in hand to be written."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout=60)
+            self._cond.wait_for(lambda: not self._queue and not self._writing, timeout=60)
 
-    def _next_group(self) -> list[_Request] | None:
+    def _next_group(self) -> list[_Request]:
+        """The oldest request and the waiting ones of its node (the caller is the writer)."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
             first = self._queue.popleft()
             group, size, rest = [first], len(first.data), deque[_Request]()
             while self._queue:
@@ -98,10 +111,6 @@ class StoreQueue:
                     rest.append(item)
             self._queue.extendleft(reversed(rest))
             return group
-
-    def _run(self) -> None:
-        while (group := self._next_group()) is not None:
-            _write(self._archive, group)
 
 
 def _write(archive: Archive, group: list[_Request]) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from medvault.crypto.tls import issue_node_certificate
 from medvault.errors import Conflict, InvalidInput, NotFound
@@ -54,6 +54,9 @@ _CLOCK_SKEW: Final = timedelta(minutes=5)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # PS3.5 AE VR: 16 characters of the default repertoire, no backslash or control characters.
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+# Read for every DIMSE operation (a revocation takes effect at once): built once.
+_NODE_BY_NAME = select(dimse_nodes).where(dimse_nodes.c.name == bindparam("name"))
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ class NodeStore:
         """The node, with ``suspended`` set while a security hold is in force on it (read on
         every connection and operation, like revocation)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(dimse_nodes).where(dimse_nodes.c.name == name)).first()
+            row = conn.execute(_NODE_BY_NAME, {"name": name}).first()
             if row is None:
                 raise NotFound(f"no node named {name!r}")
             suspended = held(conn, "suspend_node", "node:" + name)

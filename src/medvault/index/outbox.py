@@ -80,8 +80,11 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+_INSERT_ROW = insert(ledger_outbox)
+
+
 def write_outbox(conn: Any, outbox: Outbox) -> None:
     """Write an outbox's rows inside the caller's transaction (the change's own)."""
     for leaf in outbox.leaves:
-        row = insert(ledger_outbox).values(owner=outbox.owner, after_size=outbox.after_size, leaf=leaf)
-        outbox.ids.append(int(conn.execute(row).inserted_primary_key[0]))
+        values = {"owner": outbox.owner, "after_size": outbox.after_size, "leaf": leaf}
+        outbox.ids.append(int(conn.execute(_INSERT_ROW, values).inserted_primary_key[0]))
