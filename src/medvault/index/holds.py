@@ -12,6 +12,8 @@ _HELD = select(func.count()).where(
     security_holds.c.subject == bindparam("subject"),
     security_holds.c.lifted_at.is_(None),
 )
+#: ``_HELD`` as a column of another query (bind ``kind`` and ``subject``): one round trip.
+HELD_COLUMN = _HELD.scalar_subquery()
 _HELD_KINDS = select(security_holds.c.kind).where(
     security_holds.c.subject == bindparam("subject"), security_holds.c.lifted_at.is_(None)
 )

@@ -35,7 +35,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from medvault.crypto.tls import issue_node_certificate
 from medvault.errors import Conflict, InvalidInput, NotFound
 from medvault.index.alerts_schema import security_holds
-from medvault.index.holds import held
+from medvault.index.holds import HELD_COLUMN
 from medvault.index.nodes_schema import dimse_nodes
 
 __all__ = [
@@ -56,7 +56,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 # Read for every DIMSE operation (a revocation takes effect at once): built once.
-_NODE_BY_NAME = select(dimse_nodes).where(dimse_nodes.c.name == bindparam("name"))
+_NODE_BY_NAME = select(dimse_nodes, HELD_COLUMN.label("suspended")).where(
+    dimse_nodes.c.name == bindparam("name")
+)
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,12 @@ class NodeStore:
         """The node, with ``suspended`` set while a security hold is in force on it (read on
         every connection and operation, like revocation)."""
         with self.engine.connect() as conn:
-            row = conn.execute(_NODE_BY_NAME, {"name": name}).first()
-            if row is None:
-                raise NotFound(f"no node named {name!r}")
-            suspended = held(conn, "suspend_node", "node:" + name)
-        return dataclasses.replace(self._node(row), suspended=suspended)
+            row = conn.execute(
+                _NODE_BY_NAME, {"name": name, "kind": "suspend_node", "subject": "node:" + name}
+            ).first()
+        if row is None:
+            raise NotFound(f"no node named {name!r}")
+        return dataclasses.replace(self._node(row), suspended=bool(row.suspended))
 
     def get_by_fingerprint(self, fingerprint: bytes) -> Node | None:
         """The node whose certificate has this SHA-256 fingerprint, revoked or not (callers check)."""
