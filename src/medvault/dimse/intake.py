@@ -97,7 +97,6 @@ class Received:
 class StorageListener(Protocol):
     """What the association needs of the listener (medvault.dimse.server.DimseServer)."""
 
-    ae_title: str
     implementation_class_uid: str
     implementation_version: str
 

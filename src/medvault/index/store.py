@@ -91,14 +91,15 @@ _STUDY_OF_UID = select(t.studies.c.id, t.studies.c.patient_id_tok).where(
 )
 _SERIES_OF_UID = select(t.series.c.id, t.series.c.study_id).where(t.series.c.series_uid == bindparam("uid"))
 _INSERT_INSTANCES = insert(t.instances)
-_STORED_INSTANCES = (
-    select(t.instances.c.sop_uid, t.instances.c.sha256, t.studies.c.study_uid)
-    .join(t.studies, t.studies.c.id == t.instances.c.study_id)
-    .where(t.instances.c.sop_uid.in_(bindparam("uids", expanding=True)))
+_STORED_COLUMNS = select(t.instances.c.sop_uid, t.instances.c.sha256, t.studies.c.study_uid).join(
+    t.studies, t.studies.c.id == t.instances.c.study_id
 )
+_STORED_INSTANCES = _STORED_COLUMNS.where(t.instances.c.sop_uid.in_(bindparam("uids", expanding=True)))
+_STORED_INSTANCE = _STORED_COLUMNS.where(t.instances.c.sop_uid == bindparam("uid"))  # cached as is
 _DELETE_OUTBOX_ROWS = delete(t.ledger_outbox).where(
     t.ledger_outbox.c.id.in_(bindparam("ids", expanding=True))
 )
+_DELETE_OUTBOX_ROW = delete(t.ledger_outbox).where(t.ledger_outbox.c.id == bindparam("id"))
 _STUDY_FACTS_BY_UID = _STUDY_FACTS_COLUMNS.where(t.studies.c.study_uid == bindparam("study_uid"))
 # Searches ask these for every page of results (and the access filter per study).
 _STUDY_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
@@ -467,7 +468,12 @@ class Index:
         with self.engine.connect() as conn:
             for start in range(0, len(sop_uids), _SCAN_BATCH):
                 chunk = list(sop_uids[start : start + _SCAN_BATCH])
-                for row in conn.execute(_STORED_INSTANCES, {"uids": chunk}):
+                rows = (
+                    conn.execute(_STORED_INSTANCE, {"uid": chunk[0]})
+                    if len(chunk) == 1  # a C-STORE: no expanding IN (compiled on every call)
+                    else conn.execute(_STORED_INSTANCES, {"uids": chunk})
+                )
+                for row in rows:
                     found[row.sop_uid] = (bytes(row.sha256), row.study_uid)
         return found
 
@@ -825,7 +831,11 @@ class Index:
         """Inside a write transaction, holding the write lock."""
         ids, self._published = self._published, []
         for start in range(0, len(ids), _SCAN_BATCH):
-            conn.execute(_DELETE_OUTBOX_ROWS, {"ids": ids[start : start + _SCAN_BATCH]})
+            chunk = ids[start : start + _SCAN_BATCH]
+            if len(chunk) == 1:  # the previous C-STORE's row: no expanding IN to compile
+                conn.execute(_DELETE_OUTBOX_ROW, {"id": chunk[0]})
+            else:
+                conn.execute(_DELETE_OUTBOX_ROWS, {"ids": chunk})
 
     def outbox_rows(self) -> list[OutboxRow]:
         with self.engine.connect() as conn:
