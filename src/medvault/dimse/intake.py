@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
 from medvault.dimse import pdu
-from medvault.dimse.audit import DimseAuditEvent, Outcome
+from medvault.dimse.audit import Outcome
 
 __all__ = [
     "ASSOCIATE_RQ_LIMIT",
@@ -40,8 +42,6 @@ MAX_PDU_LENGTH: Final = 256 * 1024
 ASSOCIATE_RQ_LIMIT: Final = 64 * 1024
 
 VERIFICATION: Final = "1.2.840.10008.1.1"
-DEFLATED: Final = "1.2.840.10008.1.2.1.99"
-EXPLICIT_LE: Final = "1.2.840.10008.1.2.1"
 C_STORE_RQ: Final = 0x0001
 C_ECHO_RQ: Final = 0x0030
 C_CANCEL_RQ: Final = 0x0FFF
@@ -72,7 +72,7 @@ def read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytearray]:
     """(type, body) of the next PDU; :class:`pdu.PduError` when it announces more than ``limit``."""
     pdu_type, length = pdu.header(_read_exact(sock, 6))
     if length > limit:
-        raise pdu.PduError(f"PDU of {length} bytes exceeds the maximum of {limit}")
+        raise pdu.PduError(f"PDU of {length} bytes exceeds the maximum of {limit}", abort_reason=6)
     return pdu_type, _read_exact(sock, length)
 
 
@@ -108,8 +108,9 @@ class StorageListener(Protocol):
     def store_failed(
         self, session: object, sop_class: str, sop_instance: str, ts: str, status: int, reason: str
     ) -> None: ...
-    def association_event(self, session: object, name: str, outcome: Outcome) -> None: ...
-    def emit(self, event: DimseAuditEvent) -> None: ...
+    def association_event(
+        self, session: object, name: str, outcome: Outcome, reason: str | None = None
+    ) -> None: ...
 
 
 def serve_storage_association(
@@ -137,7 +138,7 @@ def serve_storage_association(
             )
         )
         listener.association_event(session, "accepted", "success")
-        _Association(sock, session, listener, accepted, rq.max_pdu_length).run()
+        _Association(sock, session, listener, accepted).run()
     finally:
         on_done()
 
@@ -149,14 +150,11 @@ class _Association:
         session: object,
         listener: StorageListener,
         accepted: dict[int, str],
-        peer_max_pdu: int,
     ) -> None:
         self.sock = sock
         self.session = session
         self.listener = listener
-        self.accepted = accepted
-        # Each response is one small PDU; the peer's limit matters only below that size.
-        self.peer_max_pdu = peer_max_pdu or MAX_PDU_LENGTH
+        self.accepted = accepted  # context ID -> transfer syntax
 
     def run(self) -> None:
         command = bytearray()
@@ -209,7 +207,7 @@ class _Association:
                         self._handle(command_context, fields, data, size)
                         fields, data, size = None, [], 0
         except pdu.PduError as exc:
-            self._abort(6 if "exceeds" in str(exc) else 2, reason=str(exc))
+            self._abort(exc.abort_reason, reason=str(exc))
         except (Closed, TimeoutError, OSError):
             self.listener.association_event(self.session, "aborted", "warning")
 
@@ -218,13 +216,9 @@ class _Association:
             self.sock.sendall(pdu.abort(2, reason_code))
         except OSError:
             pass
-        self.listener.association_event(self.session, "aborted", "warning")
-        if reason is not None:
-            self.listener.emit(
-                DimseAuditEvent(
-                    "dimse.association", "warning", reason=reason[:200], details={"event": "protocol error"}
-                )
-            )
+        self.listener.association_event(
+            self.session, "aborted", "warning", reason=None if reason is None else reason[:200]
+        )
 
     def _respond(self, context_id: int, elements: pdu.Command) -> None:
         self.sock.sendall(pdu.pdata(context_id, pdu.command_set(elements), is_command=True))
@@ -280,7 +274,9 @@ class _Association:
                 f"instance of {size} bytes exceeds the limit of {limit} bytes",
             )  # fmt: skip
             return STATUS_OUT_OF_RESOURCES
-        if ts == DEFLATED:  # stored as the Explicit VR Little Endian stream it was made from
+        if (
+            ts == DeflatedExplicitVRLittleEndian
+        ):  # stored as the Explicit VR Little Endian stream it was made from
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             try:
                 body = inflater.decompress(b"".join(data), limit + 1)
@@ -296,7 +292,7 @@ class _Association:
                     f"inflated instance exceeds the limit of {limit} bytes",
                 )  # fmt: skip
                 return STATUS_OUT_OF_RESOURCES
-            whole = self._meta(sop_class, sop_instance, EXPLICIT_LE) + body
+            whole = self._meta(sop_class, sop_instance, ExplicitVRLittleEndian) + body
         else:
             whole = b"".join([self._meta(sop_class, sop_instance, ts), *data])  # one copy of the data set
         return self.listener.store(self.session, Received(whole, sop_class, sop_instance, ts))

@@ -49,7 +49,12 @@ _ITEM = struct.Struct(">BBH")
 
 
 class PduError(ValueError):
-    """A PDU or command set that does not follow PS3.8 / PS3.7 (answered with an A-ABORT)."""
+    """A PDU or command set that does not follow PS3.8 / PS3.7 (answered with an A-ABORT whose
+    provider reason is ``abort_reason``: 2 unexpected PDU, 6 invalid PDU parameter value)."""
+
+    def __init__(self, message: str, *, abort_reason: int = 2) -> None:
+        super().__init__(message)
+        self.abort_reason = abort_reason
 
 
 def header(data: bytes | bytearray | memoryview) -> tuple[int, int]:

@@ -69,6 +69,8 @@ from medvault.dimse.audit import AuditSink, DimseAuditEvent, Outcome
 from medvault.dimse.ingest import StoreQueue
 from medvault.dimse.intake import (
     ASSOCIATE_RQ_LIMIT,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
     Closed,
     Received,
     is_storage_only,
@@ -181,9 +183,6 @@ STATUS_SUCCESS: Final = 0x0000
 STATUS_PENDING: Final = 0xFF00
 STATUS_CANCEL: Final = 0xFE00
 STATUS_NOT_AUTHORIZED: Final = 0x0124  # PS3.7 C.5: Refused: Not Authorized
-STATUS_OUT_OF_RESOURCES: Final = 0xA700
-STATUS_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
-STATUS_CANNOT_UNDERSTAND: Final = 0xC000
 STATUS_PROCESSING_FAILURE: Final = 0x0110
 # A pending C-GET/C-MOVE sub-operation that could not be read: pynetdicom counts it as failed.
 _UNREADABLE: Final = "unreadable"
@@ -545,7 +544,7 @@ class DimseServer:
             rq = pdu.parse_associate_rq(body)
         except pdu.PduError as exc:
             try:
-                conn.sendall(pdu.abort(2, 2))
+                conn.sendall(pdu.abort(2, exc.abort_reason))
             except OSError:
                 pass
             self.emit(
@@ -623,7 +622,9 @@ class DimseServer:
             results.append((context.id, 0, chosen) if chosen else (context.id, 4, ImplicitVRLittleEndian))
         return results
 
-    def association_event(self, session: object, name: str, outcome: Outcome) -> None:
+    def association_event(
+        self, session: object, name: str, outcome: Outcome, reason: str | None = None
+    ) -> None:
         assert isinstance(session, _Session)
         self.emit(
             DimseAuditEvent(
@@ -633,6 +634,7 @@ class DimseServer:
                 node=session.node,
                 calling_ae=session.calling_ae,
                 called_ae=self.ae_title,
+                reason=reason,
                 details={"event": name},
             )
         )
