@@ -173,6 +173,7 @@ class WitnessRefused(LedgerError):
 #       │   └── EventOutOfOrder 400 the event is earlier than the one before it
 #       ├── DirectoryInvalid   400  the directory (users, patients, shifts) is malformed; names the field
 #       └── MonitorStateInvalid 400 a saved monitor state cannot be restored
+#   └── MonitorReaderFailed    500  the process reading EVENTS.jsonl for a replay died
 
 
 class EventInvalid(InvalidInput):
@@ -197,3 +198,7 @@ class DirectoryInvalid(InvalidInput):
 
 class MonitorStateInvalid(InvalidInput):
     pass
+
+
+class MonitorReaderFailed(MedvaultError):
+    hint = "Run the replay again; if it fails the same way, check the machine's memory (dmesg)."

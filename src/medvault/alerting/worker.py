@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from medvault.alerting.responses import (
 )
 from medvault.audit import publish
 from medvault.config import MonitorSettings
-from medvault.errors import ConfigError, MedvaultError
+from medvault.errors import MedvaultError
 from medvault.index.alerts import AlertRecord, AlertStore, NewAlert
 from medvault.index.outbox import process_tag
 from medvault.index.store import Index
@@ -54,10 +53,10 @@ from medvault.monitor import (
     EventBatch,
     MonitorEvent,
     OnlineMonitor,
-    Rules,
     ScoredEvent,
     alert_event,
     from_ledger,
+    rules_from,
 )
 
 log = logging.getLogger("medvault.server")
@@ -67,39 +66,6 @@ _DIRECTORY_CHECK_SECONDS = 30.0
 _BEAT_SECONDS = 1.0  # progress (the lag metric) at most this stale while busy
 _IDLE_BEAT_SECONDS = 5.0  # the heartbeat when there is nothing to score
 _SWEEP_SECONDS = 5.0
-
-
-def rules_from(entries: Sequence[str]) -> Rules:
-    """``[monitor] rules``: "name=value" overrides of the detection settings (docs/monitoring.md)."""
-    defaults = Rules().to_json()
-    changes: dict[str, Any] = {}
-    for entry in entries:
-        name, sep, value = entry.partition("=")
-        name = name.strip()
-        if not sep or name not in defaults:
-            raise ConfigError(
-                f"[monitor] rules: {entry!r} is not NAME=VALUE of a known setting",
-                hint="The settings and their defaults are listed in docs/monitoring.md.",
-            )
-        if isinstance(defaults[name], list):  # researcher_roles=researcher,data-scientist
-            changes[name] = [r.strip() for r in value.split(",") if r.strip()]
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"[monitor] rules: {name} must be a number") from None
-        if not math.isfinite(number):  # a NaN weight or half-life silently ends every alert
-            raise ConfigError(f"[monitor] rules: {name} must be a finite number")
-        if isinstance(defaults[name], int):
-            if not number.is_integer():
-                raise ConfigError(f"[monitor] rules: {name} must be a whole number")
-            changes[name] = int(number)
-        else:
-            changes[name] = number
-    try:
-        return Rules.from_json({**defaults, **changes})
-    except MedvaultError as exc:
-        raise ConfigError(f"[monitor] rules: {exc.message.removeprefix('rules: ')}") from None
 
 
 def encode_points(points: dict[str, float]) -> str:

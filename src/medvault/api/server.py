@@ -374,7 +374,7 @@ def _check_monitor(opened: OpenHome) -> None:
         return
     from medvault.alerting.notify import Notifier
     from medvault.alerting.responses import parse_responses
-    from medvault.alerting.worker import rules_from
+    from medvault.monitor import rules_from
 
     rules_from(opened.settings.monitor.rules)
     parse_responses(opened.settings.monitor.responses)

@@ -26,76 +26,101 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
-from medvault.cli import (
-    alerts,
-    apikeys,
-    backup,
-    fsck,
-    home,
-    importing,
-    keys,
-    ledger,
-    legal_hold,
-    monitor,
-    nodes,
-    patient,
-    report,
-    research,
-    retention,
-    tls,
-    training,
-    users,
-    witness,
-)
-from medvault.cli._common import err
 from medvault.errors import MedvaultError
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["HELP_WIDTH", "app", "main"]
 
 #: Help is wrapped to the terminal, up to this many columns (click's default stops at 80).
 HELP_WIDTH = 120
 
-app = typer.Typer(
-    name="medvault",
-    help="A secure archive for medical images: DICOMweb over HTTPS, everything encrypted at rest.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Click's plain help, for every group and command below: it rewraps each paragraph to the
-    # terminal, shows no "<bool>" for flags (typer's rich panels do, with click 8.2+ and typer's own
-    # fork alike) and reads "[server] port" as text, not as a markup tag that vanishes.
-    rich_markup_mode=None,
-    context_settings={"max_content_width": HELP_WIDTH},
-)
-app.command()(home.init)
-app.command()(home.serve)
-app.command("import")(importing.import_command)
-app.command()(research.deid)
-app.command("export")(research.export_command)
-app.command("deid-map")(research.deid_map)
-app.command()(fsck.fsck)
-app.command()(home.quickstart)
-app.command()(home.version)
-app.add_typer(users.app, name="users")
-app.add_typer(keys.app, name="keys")
-app.add_typer(apikeys.app, name="apikeys")
-app.add_typer(nodes.app, name="nodes")
-app.add_typer(ledger.app, name="ledger")
-app.add_typer(report.app, name="report")
-app.add_typer(patient.app, name="patient")
-app.add_typer(tls.app, name="tls")
-app.add_typer(monitor.app, name="monitor")
-app.add_typer(alerts.app, name="alerts")
-app.add_typer(retention.app, name="retention")
-app.add_typer(legal_hold.app, name="legal-hold")
-app.add_typer(backup.app, name="backup")
-app.add_typer(training.app, name="training")
-app.add_typer(witness.app, name="witness")
+#: The top-level commands: name -> (module in medvault.cli, function).
+COMMANDS = {
+    "init": ("home", "init"),
+    "serve": ("home", "serve"),
+    "import": ("importing", "import_command"),
+    "deid": ("research", "deid"),
+    "export": ("research", "export_command"),
+    "deid-map": ("research", "deid_map"),
+    "fsck": ("fsck", "fsck"),
+    "quickstart": ("home", "quickstart"),
+    "version": ("home", "version"),
+}
+#: The command groups: name -> module in medvault.cli (its ``app``).
+GROUPS = {
+    "users": "users",
+    "keys": "keys",
+    "apikeys": "apikeys",
+    "nodes": "nodes",
+    "ledger": "ledger",
+    "report": "report",
+    "patient": "patient",
+    "tls": "tls",
+    "monitor": "monitor",
+    "alerts": "alerts",
+    "retention": "retention",
+    "legal-hold": "legal_hold",
+    "backup": "backup",
+    "training": "training",
+    "witness": "witness",
+}
+
+
+def _root() -> typer.Typer:
+    return typer.Typer(
+        name="medvault",
+        help="A secure archive for medical images: DICOMweb over HTTPS, everything encrypted at rest.",
+        no_args_is_help=True,
+        add_completion=False,
+        # Click's plain help, for every group and command below: it rewraps each paragraph to the
+        # terminal, shows no "<bool>" for flags (typer's rich panels do, with click 8.2+ and typer's
+        # own fork alike) and reads "[server] port" as text, not as a markup tag that vanishes.
+        rich_markup_mode=None,
+        context_settings={"max_content_width": HELP_WIDTH},
+    )
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"medvault.cli.{name}")
+
+
+def _add_group(root: typer.Typer, name: str) -> None:
+    root.add_typer(_module(GROUPS[name]).app, name=name)
+
+
+def build_app(only_group: str | None = None) -> typer.Typer:
+    """The whole command line, or (``only_group``) the root with that one group: a command such
+    as ``medvault monitor replay`` then imports its own module only, not the archive's web, DIMSE
+    and database layers that every other group needs (about 2 s of start-up)."""
+    root = _root()
+    if only_group is not None:
+        _add_group(root, only_group)
+    else:
+        for name, (module, function) in COMMANDS.items():
+            root.command(name)(getattr(_module(module), function))
+        for name in GROUPS:
+            _add_group(root, name)
+    _whole_summaries(root)
+    return root
+
+
+def __getattr__(name: str) -> Any:
+    """``medvault.cli.app``: the whole command line, built on first use (tests, ``python -m``)."""
+    if name == "app":
+        value = globals()["app"] = build_app()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s|$)")
@@ -125,12 +150,13 @@ def _whole_summaries(group: typer.Typer) -> None:
         _whole_summaries(sub.typer_instance)
 
 
-_whole_summaries(app)
-
-
 def main() -> None:
+    """The ``medvault`` entry point: only the group named on the command line is imported."""
+    group = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in GROUPS else None
     try:
-        app()
+        build_app(group)(prog_name="medvault")
     except MedvaultError as exc:
+        from medvault.cli._common import err  # loaded by every command already
+
         err.print(f"[bold red]error[/]: {escape(exc.diagnostics())}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None

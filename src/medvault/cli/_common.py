@@ -9,19 +9,20 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from medvault import __version__
-from medvault.access.totp import Enrolment
-from medvault.config import Settings
-from medvault.crypto.tls import certificate_expiry
 from medvault.errors import ConfigError
-from medvault.home import CERT_WARNING_DAYS, OpenHome, open_home, write_private
-from medvault.index.users import NewUser
 from medvault.ledger.events import Actor, ActorKind, AuditEvent, EventKind, ObjectRef, Outcome
+
+if TYPE_CHECKING:  # the archive's layers load when a command opens a home, not at start-up
+    from medvault.access.totp import Enrolment
+    from medvault.config import Settings
+    from medvault.home import OpenHome
+    from medvault.index.users import NewUser
 
 out = Console()
 err = Console(stderr=True)
@@ -58,6 +59,8 @@ def get_passphrase(passphrase_file: Path | None, *, confirm: bool = False) -> st
 
 
 def open_for_cli(home: Path, passphrase_file: Path | None) -> OpenHome:
+    from medvault.home import open_home
+
     return open_home(home, get_passphrase(passphrase_file))
 
 
@@ -73,6 +76,8 @@ def show_new_user(created: NewUser, home: Path) -> None:
 
 
 def show_enrolment(enrolment: Enrolment, home: Path, name: str) -> None:
+    from medvault.home import write_private
+
     out.print("  scan this with an authenticator app (TOTP):")
     print(enrolment.qr_text)
     out.print(f"  or enter: {enrolment.uri}", highlight=False, soft_wrap=True)
@@ -85,6 +90,9 @@ def show_enrolment(enrolment: Enrolment, home: Path, name: str) -> None:
 
 
 def announce(root: Path, settings: Settings, host: str, port: int, workers: int) -> None:
+    from medvault.crypto.tls import certificate_expiry
+    from medvault.home import CERT_WARNING_DAYS
+
     if settings.server.plain_http:
         err.print(
             "[bold red]WARNING[/]: plain HTTP is on (\\[server] plain_http = true). Only run this behind a "

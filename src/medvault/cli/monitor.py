@@ -10,11 +10,10 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from medvault.alerting.directory import import_directory, read_directory_file
-from medvault.alerting.worker import rules_from
 from medvault.cli._common import HomeOption, PassphraseFile, err, open_for_cli, out, record_change
 from medvault.errors import ConfigError
 from medvault.ledger.events import EventKind
+from medvault.monitor import rules_from
 from medvault.monitor.files import load_directory, replay_file
 
 app = typer.Typer(help="The insider-threat monitor: replay a log offline, import the directory.")
@@ -74,6 +73,8 @@ def directory_import(
 ) -> None:
     """Replace the stored directory with FILE. Patient IDs are pseudonymized on import (the file's
     own IDs are not kept); the stored copy is sealed. A running server picks it up within 30 s."""
+    from medvault.alerting.directory import import_directory, read_directory_file  # the index: ~1 s
+
     raw = read_directory_file(file)
     opened = open_for_cli(home, passphrase_file)
     try:

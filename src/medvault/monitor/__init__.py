@@ -20,7 +20,7 @@ from medvault.monitor._events import (
 )
 from medvault.monitor._ledger import alert_event, from_ledger, to_ledger
 from medvault.monitor._replay import replay
-from medvault.monitor._rules import Disposition, Feedback, Rule, Rules, apply_disposition
+from medvault.monitor._rules import Disposition, Feedback, Rule, Rules, apply_disposition, rules_from
 
 __all__ = [
     "Action",
@@ -45,5 +45,6 @@ __all__ = [
     "parse_event_line",
     "read_batches",
     "replay",
+    "rules_from",
     "to_ledger",
 ]

@@ -114,6 +114,9 @@ def _device(user_agent: str) -> str:
     return _VERSION_RE.sub("#", user_agent)
 
 
+_NEW = -2  # a name not in the vocabulary yet (-1 is None, unknown)
+
+
 class _Vocab:
     """Strings to dense ints, in order of first appearance (so state is the same in any batch split)."""
 
@@ -133,16 +136,16 @@ class _Vocab:
             return np.fromiter(map(ids.get, values), dtype=np.int64, count=len(values))
         except TypeError:  # a name seen for the first time (ids.get gave None)
             pass
-        codes: list[int | None] = list(map(ids.get, values))
-        if None in codes:  # names seen for the first time, in order of appearance
-            for i in [i for i, c in enumerate(codes) if c is None]:
-                v = values[i]
-                k = ids.get(v)
-                if k is None:
-                    k = ids[v] = len(names)
-                    names.append(cast(str, v))
-                codes[i] = k
-        return np.array(codes, dtype=np.int64)
+        n = len(values)
+        codes = np.fromiter(map(ids.get, values, itertools.repeat(_NEW, n)), dtype=np.int64, count=n)
+        for i in np.flatnonzero(codes == _NEW).tolist():  # in order of appearance: only those
+            v = values[i]
+            k = ids.get(v)
+            if k is None:
+                k = ids[v] = len(names)
+                names.append(cast(str, v))
+            codes[i] = k
+        return codes
 
 
 def _gather(table: I64, idx: I64) -> I64:

@@ -10,11 +10,12 @@ a false positive or a benign explanation lowers the weight of the rules behind i
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from medvault.errors import MonitorStateInvalid
+from medvault.errors import ConfigError, MedvaultError, MonitorStateInvalid
 
 __all__ = ["Disposition", "Feedback", "Rule", "Rules", "apply_disposition"]
 
@@ -224,3 +225,36 @@ def apply_disposition(
         site_rule={k: v for k, v in site_rule.items() if v != 1.0},
         explained_pairs=frozenset(pairs),
     )
+
+
+def rules_from(entries: Sequence[str]) -> Rules:
+    """``[monitor] rules``: "name=value" overrides of the detection settings (docs/monitoring.md)."""
+    defaults = Rules().to_json()
+    changes: dict[str, Any] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ConfigError(
+                f"[monitor] rules: {entry!r} is not NAME=VALUE of a known setting",
+                hint="The settings and their defaults are listed in docs/monitoring.md.",
+            )
+        if isinstance(defaults[name], list):  # researcher_roles=researcher,data-scientist
+            changes[name] = [r.strip() for r in value.split(",") if r.strip()]
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"[monitor] rules: {name} must be a number") from None
+        if not math.isfinite(number):  # a NaN weight or half-life silently ends every alert
+            raise ConfigError(f"[monitor] rules: {name} must be a finite number")
+        if isinstance(defaults[name], int):
+            if not number.is_integer():
+                raise ConfigError(f"[monitor] rules: {name} must be a whole number")
+            changes[name] = int(number)
+        else:
+            changes[name] = number
+    try:
+        return Rules.from_json({**defaults, **changes})
+    except MedvaultError as exc:
+        raise ConfigError(f"[monitor] rules: {exc.message.removeprefix('rules: ')}") from None

@@ -10,10 +10,9 @@ import pytest
 
 from medvault.alerting.notify import Notifier
 from medvault.alerting.responses import RESPONSES, parse_responses
-from medvault.alerting.worker import rules_from
 from medvault.config import MonitorSettings
 from medvault.errors import ConfigError
-from medvault.monitor import Rules
+from medvault.monitor import Rules, rules_from
 
 
 def test_rule_overrides_change_only_what_they_name() -> None:

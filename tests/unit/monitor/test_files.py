@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import io
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medvault.monitor
-from medvault.errors import DirectoryInvalid, EventInvalid, EventOutOfOrder, UnknownAction
+from medvault.errors import (
+    DirectoryInvalid,
+    EventInvalid,
+    EventOutOfOrder,
+    MonitorReaderFailed,
+    UnknownAction,
+)
 from medvault.monitor import Directory, EventBatch, MonitorEvent, ScoredBatch, iter_events, replay
 from medvault.monitor.files import _line_blocks, load_directory, read_event_file, replay_file, write_scores
 
@@ -81,6 +90,7 @@ def test_public_surface() -> None:
         "parse_event_line",
         "read_batches",
         "replay",
+        "rules_from",
         "to_ledger",
     ]
     for name in medvault.monitor.__all__:
@@ -189,11 +199,14 @@ def test_blocks_are_bounded_and_cut_at_line_ends(tmp_path: Path) -> None:
     lines = [("é" * (k % 7)).encode() + b"x" * (k % 13) for k in range(500)]
     f = io.BytesIO(b"\n".join(lines))  # no final newline
     blocks = list(_line_blocks(f, 64))
-    assert [x for b, _ in blocks for x in b] == lines
-    assert all(ok for _, ok in blocks)
-    assert max(sum(len(x) + 1 for x in b) for b, _ in blocks) <= 64 + 13 + 2 * 6 + 1  # a block and one line
+    assert [x for b, _, _ in blocks for x in b] == lines
+    assert all(ok for _, ok, _ in blocks)
+    assert (
+        max(sum(len(x) + 1 for x in b) for b, _, _ in blocks) <= 64 + 13 + 2 * 6 + 1
+    )  # a block and one line
+    assert sum(size for _, _, size in blocks) == len(f.getvalue())  # where each block starts: exact
     bad = list(_line_blocks(io.BytesIO(b'{"a": 1}\n{"b": "\xff"}\n'), 64))
-    assert [ok for _, ok in bad] == [False]
+    assert [ok for _, ok, _ in bad] == [False]
 
 
 @pytest.mark.parametrize(
@@ -251,3 +264,119 @@ def test_replay_pauses_the_cyclic_gc_and_leaves_no_cycles(tmp_path: Path) -> Non
     with pytest.raises(UnknownAction):
         replay_file(src, tmp_path / "OUT.jsonl", directory=directory())
     assert gc.isenabled()
+
+
+# -- reading in a child process ------------------------------------------------------------------
+
+
+def _children() -> set[int]:
+    """This process's child processes, from /proc (zombies included: they were not reaped)."""
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[1] == me:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def test_reading_in_a_child_gives_the_same_batches_and_scores(tmp_path: Path) -> None:
+    events = make_log(seed=6, days=5, per_day=90)
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    before = _children()
+    alone = list(read_event_file(src, batch_size=20))
+    beside = list(read_event_file(src, batch_size=20, in_child=True))
+    assert len(alone) == len(beside) > 10  # many blocks, so many messages through the pipe
+    for a, b in zip(alone, beside, strict=True):
+        for name in EventBatch.__dataclass_fields__:
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x.tolist() if isinstance(x, np.ndarray) else x) == (
+                y.tolist() if isinstance(y, np.ndarray) else y
+            ), name
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    replay_file(src, one, directory=directory(), batch_size=20, parallel=False)
+    replay_file(src, two, directory=directory(), batch_size=20, parallel=True)
+    assert one.read_bytes() == two.read_bytes() and one.stat().st_size > 0
+    assert _children() == before  # every child reaped
+
+
+@pytest.mark.parametrize("bad_at", [0, 1, 150, 399])
+def test_reading_in_a_child_reports_the_error_of_reading_alone(tmp_path: Path, bad_at: int) -> None:
+    """The child stops at a bad block and this process reads it again: the same error, naming the
+    same line, with the same scores written before it, wherever the line falls in its block."""
+    events = make_log(seed=6, days=4, per_day=100)
+    lines = [json.dumps(e.to_json()) for e in events][:400]
+    lines[bad_at] = lines[bad_at].replace('"action": "', '"action": "peek', 1)
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    outcomes = []
+    for parallel in (False, True):
+        out = tmp_path / f"OUT-{parallel}.jsonl"
+        with pytest.raises(UnknownAction) as info:
+            replay_file(src, out, directory=directory(), batch_size=7, parallel=parallel)
+        outcomes.append((str(info.value), info.value.line, out.read_bytes()))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == bad_at + 1
+
+
+def test_a_reader_child_that_dies_is_a_clear_error_and_is_reaped(tmp_path: Path) -> None:
+    events = make_log(seed=6, days=10, per_day=1500)  # more than the pipe and its buffers hold
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    before = _children()
+    batches = read_event_file(src, batch_size=5, in_child=True)
+    next(batches)
+    (child,) = _children() - before
+    os.kill(child, signal.SIGKILL)
+    with pytest.raises(MonitorReaderFailed, match="ended before the end of the file"):
+        for _ in batches:
+            pass
+    assert _children() == before
+
+
+def test_stopping_early_ends_the_reader_child(tmp_path: Path) -> None:
+    events = make_log(seed=6, days=5, per_day=90)
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("".join(json.dumps(e.to_json()) + "\n" for e in events))
+    before = _children()
+    batches = read_event_file(src, batch_size=5, in_child=True)
+    next(batches)
+    assert len(_children() - before) == 1
+    batches.close()  # a consumer that stops (an error while scoring, Ctrl-C): the child goes too
+    assert _children() == before
+    with pytest.raises(FileNotFoundError):
+        next(read_event_file(tmp_path / "missing.jsonl", in_child=True))
+    assert _children() == before
+
+
+@pytest.mark.parametrize("bad_at", [0, 9, 10, 11, 26, 27, 28, 55, 299])
+def test_a_bad_line_among_short_lines_is_reported_alike(tmp_path: Path, bad_at: int) -> None:
+    """Short lines: a block holds several batches, so the child's bookkeeping of which block it
+    has sent whole is exercised at every place a bad line can fall."""
+    lines = [
+        json.dumps(
+            {"event_id": f"e{i}", "ts": f"2026-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"}
+            | {"user": f"u{i % 3}", "action": "view", "outcome": "success", "patient_id": f"p{i % 7}"}
+        )
+        for i in range(300)
+    ]
+    lines[bad_at] = lines[bad_at].replace('"view"', '"peek"')
+    src = tmp_path / "EVENTS.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    assert 10 * 256 // (len(lines[0]) + 1) >= 20  # two batches of 10 lines (or more) to a block
+    outcomes = []
+    for parallel in (False, True):
+        out = tmp_path / f"OUT-{parallel}.jsonl"
+        with pytest.raises(UnknownAction) as info:
+            replay_file(src, out, batch_size=10, parallel=parallel)
+        outcomes.append((str(info.value), out.read_bytes()))
+    assert outcomes[0] == outcomes[1]
+    assert f"line {bad_at + 1}:" in outcomes[0][0]
+    good = tmp_path / "GOOD.jsonl"
+    good.write_text("\n".join(lines[:bad_at] + lines[bad_at + 1 :]) + "\n")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    replay_file(good, a, batch_size=10, parallel=False)
+    replay_file(good, b, batch_size=10, parallel=True)
+    assert a.read_bytes() == b.read_bytes() and len(a.read_bytes().splitlines()) == 299
