@@ -194,3 +194,13 @@ if os.environ.get("CI"):
 
     _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None)
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One SeaweedFS S3 (HTTPS, static keys) for the session; tests make their own buckets."""
+    from tests.seaweed import start_seaweed
+
+    weed = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    yield weed
+    weed.stop()

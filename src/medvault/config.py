@@ -46,8 +46,22 @@ class TlsSettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
+    """Where encrypted objects go: a folder in the home (``objects``), or an S3 bucket
+    (docs/storage.md). Secrets never live here: S3 credentials come from ``credentials_file`` or
+    the environment."""
+
+    backend: str = "filesystem"  # or "s3"
     objects: str = "objects"
     fsync: bool = True
+    endpoint: str = ""  # https://s3.example.org (s3)
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""  # every key under this prefix, e.g. "medvault/"
+    path_style: bool = False  # https://host/bucket/key rather than https://bucket.host/key
+    ca_file: str = ""  # PEM bundle that signs the endpoint's certificate (default: the system's)
+    credentials_file: str = ""  # TOML: access_key_id, secret_access_key (else AWS_* variables)
+    plain_http: bool = False  # allow an http:// endpoint: an isolated test network only
+    part_size_mb: int = 16  # objects larger than this go up as multipart uploads
 
 
 @dataclass(frozen=True)
@@ -322,9 +336,19 @@ ca_certificate = "tls/ca.crt"
 own_ca = true               # false when certificate/private_key come from the site's PKI
 private_key_password_env = ""
 
-[storage]
+[storage]                   # where encrypted objects go: "filesystem" or "s3" (docs/storage.md)
+backend = "filesystem"
 objects = "objects"
 fsync = true
+endpoint = ""               # s3 only, from here on: "https://…" of the object store
+bucket = ""
+region = "us-east-1"
+prefix = ""
+path_style = false
+ca_file = ""
+credentials_file = ""       # secrets never go in this file: a 0600 TOML file, or AWS_* variables
+plain_http = false
+part_size_mb = 16
 
 [index]
 database = "index.db"

@@ -22,6 +22,7 @@ they name attributes, UIDs and sizes, never patient values.
     │   └── WrongPassphrase
     ├── ConfigError             —    the home folder or config is not usable
     └── StorageError            500  0x0110
+        └── StorageUnavailable  503  0xA700  (object store unreachable: retry later)
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ class ConfigError(MedvaultError):
 
 class StorageError(MedvaultError):
     pass
+
+
+class StorageUnavailable(StorageError):
+    """The object store cannot be reached or is failing (S3 down, a network cut): transient, so
+    HTTP 503 and DIMSE "out of resources" (the sender retries); nothing was acknowledged."""
+
+    http_status = 503
+    failure_reason = 0xA700
+    hint = "The object store is unreachable; the archive recovers by itself when it is back."
 
 
 # --- ledger (medvault.ledger) -------------------------------------------------------------------

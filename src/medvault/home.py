@@ -30,7 +30,7 @@ from medvault.access.oidc import OidcConfig, OidcVerifier
 from medvault.access.policy import DecisionPoint, load_roles
 from medvault.archive import Archive
 from medvault.audit import SYSTEM, LedgerAudit
-from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, load_settings
+from medvault.config import CONFIG_FILE, DEFAULT_CONFIG_TEXT, Settings, StorageSettings, load_settings
 from medvault.crypto.fields import BlindIndex, FieldCipher
 from medvault.crypto.kek import KeyringKekProvider
 from medvault.crypto.keyring import DEFAULT_SCRYPT, Keyring, KeyringFile, ScryptParams, save_keyring
@@ -52,6 +52,7 @@ from medvault.index.users import NewUser, UserStore
 from medvault.ledger.events import AuditEvent, EventKind, ObjectRef, Outcome
 from medvault.ledger.note import Signer
 from medvault.ledger.store import Ledger
+from medvault.storage.base import BlobStore
 from medvault.storage.filesystem import FilesystemBlobStore
 
 KEYRING_FILE = "keyring.sealed"
@@ -219,6 +220,33 @@ class _KeyringWatcher:
             self._seen = current
 
 
+def open_blob_store(root: Path, storage: StorageSettings) -> BlobStore:
+    """The object store ``[storage]`` names: the home's folder, or an S3 bucket (checked now)."""
+    if storage.backend == "filesystem":
+        return FilesystemBlobStore(root / storage.objects, fsync=storage.fsync)
+    if storage.backend != "s3":
+        raise ConfigError(
+            f"[storage] backend {storage.backend!r} is not known", hint='Use "filesystem" (default) or "s3".'
+        )
+    from medvault.storage.s3 import S3BlobStore, S3Credentials  # boto3: only for homes that use S3
+
+    def in_home(name: str) -> Path | None:
+        return (root / name) if name else None
+
+    credentials_file = in_home(storage.credentials_file)
+    return S3BlobStore.connect(
+        endpoint=storage.endpoint,
+        bucket=storage.bucket,
+        region=storage.region,
+        prefix=storage.prefix,
+        path_style=storage.path_style,
+        ca_file=in_home(storage.ca_file),
+        credentials=S3Credentials.read(credentials_file) if credentials_file else None,
+        plain_http=storage.plain_http,
+        part_size=storage.part_size_mb << 20,
+    )
+
+
 def open_home(root: Path, passphrase: str | KeyringFile) -> OpenHome:
     """Open a home with its passphrase, or with its keyring already unlocked (``serve`` unlocks it
     once, then its worker processes open the home from it without running scrypt again)."""
@@ -233,7 +261,7 @@ def open_home(root: Path, passphrase: str | KeyringFile) -> OpenHome:
     index = Index.open_sqlite(
         root / settings.index.database, cipher=cipher, blind=BlindIndex(keyring.blind_index_key)
     )
-    blobs = FilesystemBlobStore(root / settings.storage.objects, fsync=settings.storage.fsync)
+    blobs = open_blob_store(root, settings.storage)
     ledger = Ledger.open(
         root / settings.ledger.database,
         signer=Signer.from_private_bytes(name=settings.ledger.origin, seed=ledger_signing_seed(keyring)),

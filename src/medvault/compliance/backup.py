@@ -257,8 +257,15 @@ def create_backup(
 
     A failure (disk full, a crash) leaves ``target`` without ``manifest.json``: never a backup
     that verifies."""
-    require_empty_folder(target, what="the backup folder")
     root, settings = opened.root, opened.settings
+    if settings.storage.backend != "filesystem":  # a backup without the images must never verify
+        raise BackupError(
+            f"this home keeps its objects in {settings.storage.backend} storage, which `medvault backup` "
+            "does not copy",
+            hint="Back up the bucket with the object store's own versioning or replication, and the "
+            "index and ledger with the database's tools (docs/storage.md).",
+        )
+    require_empty_folder(target, what="the backup folder")
     index_rel = _home_relative(settings.index.database, "the index")
     ledger_rel = _home_relative(settings.ledger.database, "the ledger")
     objects_rel = _home_relative(settings.storage.objects, "the objects folder")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+#: What an object key may be: the archive's keyed tokens (no path separators, no meaning).
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
 
 
 @dataclass(frozen=True)

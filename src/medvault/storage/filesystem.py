@@ -13,7 +13,6 @@ once per batch, before the index commit acknowledges anything.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import threading
 import time
@@ -21,9 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from medvault.errors import NotFound, StorageError
-from medvault.storage.base import BlobInfo
-
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{8,128}$")
+from medvault.storage.base import KEY_PATTERN, BlobInfo
 
 # No write of one object stays unfinished this long; a temp file older than this is a crash's leftover.
 STALE_TEMP_SECONDS = 3600
@@ -48,7 +45,7 @@ class FilesystemBlobStore:
                 pass
 
     def _path(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
+        if not KEY_PATTERN.match(key):
             raise StorageError("invalid object key")
         return self.root / key[:2] / key
 
@@ -119,7 +116,7 @@ class FilesystemBlobStore:
             if not folder.is_dir() or len(folder.name) != 2:
                 continue
             for path in sorted(folder.iterdir()):
-                if path.name.startswith(".") or not _KEY_RE.match(path.name):
+                if path.name.startswith(".") or not KEY_PATTERN.match(path.name):
                     continue
                 try:
                     info = path.stat()
