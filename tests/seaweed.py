@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 
 from medvault.crypto.tls import create_ca, issue_server_certificate
-from tests.conftest import free_port
+from tests.conftest import Home, free_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -165,3 +165,22 @@ def start_seaweed(root: Path) -> Seaweed:
     weed.prepare()
     weed.start()
     return weed
+
+
+def use_s3(home: Home, seaweed: Seaweed, bucket: str) -> None:
+    """Point a home's [storage] at ``bucket`` of ``seaweed`` (its CA and keys copied into the home)."""
+    (home.root / "s3-ca.crt").write_bytes(seaweed.ca.read_bytes())
+    creds = home.root / "s3-credentials.toml"
+    creds.write_text(f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\n')
+    creds.chmod(0o600)
+    settings = {
+        "backend": '"s3"',
+        "endpoint": f'"{seaweed.endpoint}"',
+        "bucket": f'"{bucket}"',
+        "prefix": '"medvault/"',
+        "path_style": "true",
+        "ca_file": '"s3-ca.crt"',
+        "credentials_file": '"s3-credentials.toml"',
+    }
+    for key, value in settings.items():  # init wrote every [storage] key: each line is replaced
+        home.set_config("storage", key, value)

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from medvault.sample import generate_study
 from tests.conftest import Home, Server, make_home, start_server
 from tests.integration.test_access_routes import AS_STORED, STOW_TYPE, make_instance, stow_body
+from tests.seaweed import use_s3
 
 pytestmark = pytest.mark.integration
 
@@ -68,9 +69,15 @@ def _load(server: Server, stop: threading.Event, acknowledged: dict[str, tuple[s
         thread.join(60)
 
 
-def test_kill_9_during_concurrent_stow_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["filesystem", "s3"])
+def test_kill_9_during_concurrent_stow_loses_nothing_acknowledged(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     home: Home = make_home(tmp_path / "home")
     home.set_config("server", "workers", "2")
+    if backend == "s3":  # objects in a real S3 (SeaweedFS): acknowledged only once the PUT is
+        weed = request.getfixturevalue("seaweed")
+        use_s3(home, weed, weed.make_bucket(f"crash-{os.getpid()}"))
     acknowledged: dict[str, tuple[str, str, bytes]] = {}
     for _ in range(ROUNDS):
         server = start_server(home, own_session=True)

@@ -24,7 +24,7 @@ from medvault.errors import ConfigError, NotFound, StorageError, StorageUnavaila
 from medvault.storage.s3 import MIN_PART_SIZE, S3BlobStore, S3Credentials
 from tests.conftest import Home, Server, free_port
 from tests.integration.test_at_rest import PHI, make_phi_study, phi_needles, pixel_chunks
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, start_seaweed
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, start_seaweed, use_s3
 
 pytestmark = pytest.mark.integration
 
@@ -203,24 +203,6 @@ def test_an_unreachable_store_is_unavailable_not_a_crash() -> None:
 # -- the archive on S3 -------------------------------------------------------------------------
 
 
-def _s3_home(home: Home, seaweed: Seaweed, bucket: str) -> None:
-    (home.root / "s3-ca.crt").write_bytes(seaweed.ca.read_bytes())
-    creds = home.root / "s3-credentials.toml"
-    creds.write_text(f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\n')
-    creds.chmod(0o600)
-    settings = {
-        "backend": '"s3"',
-        "endpoint": f'"{seaweed.endpoint}"',
-        "bucket": f'"{bucket}"',
-        "prefix": '"medvault/"',
-        "path_style": "true",
-        "ca_file": '"s3-ca.crt"',
-        "credentials_file": '"s3-credentials.toml"',
-    }
-    for key, value in settings.items():  # init wrote every [storage] key: each line is replaced
-        home.set_config("storage", key, value)
-
-
 def _stow(client: httpx.Client, files: list[Path]) -> httpx.Response:
     body = b"".join(
         b"--b\r\nContent-Type: application/dicom\r\n\r\n" + f.read_bytes() + b"\r\n" for f in files
@@ -236,7 +218,7 @@ def test_the_archive_on_s3_keeps_no_phi_and_no_pixels_in_the_bucket(
     home: Home, seaweed: Seaweed, tmp_path: Path, server_factory: Callable[[Home], Server]
 ) -> None:
     bucket = _bucket(seaweed)
-    _s3_home(home, seaweed, bucket)
+    use_s3(home, seaweed, bucket)
     files = make_phi_study(tmp_path / "incoming", series=2, instances=4)
     home.cli("import", str(tmp_path / "incoming"))
     stowed = make_phi_study(tmp_path / "stow", seed=12, series=1, instances=2)
@@ -305,7 +287,7 @@ def test_the_archive_answers_503_while_s3_is_down_and_recovers_without_a_restart
     own = start_seaweed(tmp_path / "weed")  # its own S3: stopping it must not disturb other tests
     try:
         bucket = _bucket(own)
-        _s3_home(home, own, bucket)
+        use_s3(home, own, bucket)
         home.cli(
             "nodes", "add", "ct1", "--ae-title", "CT1", "--host", "127.0.0.1", "--port", "104",
             "--permissions", "store", "--out", str(tmp_path / "creds"),
