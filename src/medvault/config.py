@@ -404,12 +404,36 @@ rules = []                  # e.g. [{ name = "ct-10y", modality = "CT", keep_yea
 """
 
 
-def write_setting(home: Path, section: str, key: str, value: int | str) -> None:
-    """Set one key of ``medvault.toml`` in place, keeping every comment and other line (quickstart
-    remembers a port given with --dimse-port this way). Nothing is written that the loader refuses."""
-    literal = str(value) if isinstance(value, int) else json.dumps(value)  # a valid TOML basic string
+def write_setting(home: Path, section: str, key: str, value: bool | int | str) -> None:
+    """Set one key of ``medvault.toml`` in place (see :func:`write_settings`); quickstart
+    remembers a port given with --dimse-port this way."""
+    write_settings(home, section, {key: value})
+
+
+def write_settings(home: Path, section: str, values: dict[str, bool | int | str]) -> None:
+    """Set keys of one section of ``medvault.toml`` in place, keeping every comment and other
+    line, in one atomic rewrite (all of them or none). Nothing is written that the loader refuses."""
     path = home / CONFIG_FILE
     lines = path.read_text(encoding="utf-8").splitlines()
+    for key, value in values.items():
+        lines = _with_setting(lines, section, key, value)
+    text = "\n".join(lines) + "\n"
+    _settings_from(text, path)  # an unknown key or a wrong type: refused before anything is written
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def _with_setting(lines: list[str], section: str, key: str, value: bool | int | str) -> list[str]:
+    if isinstance(value, bool):
+        literal = "true" if value else "false"
+    else:
+        literal = str(value) if isinstance(value, int) else json.dumps(value)  # a valid TOML basic string
+    lines = list(lines)
     assignment = re.compile(rf'^\s*{re.escape(key)}\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^#]*?)(\s*#.*)?$')
     current, header = None, None
     for i, line in enumerate(lines):
@@ -419,16 +443,9 @@ def write_setting(home: Path, section: str, key: str, value: int | str) -> None:
             header = i if current == section else header
         elif current == section and (match := assignment.match(line)):
             lines[i] = f"{key} = {literal}{match.group(1) or ''}"
-            break
+            return lines
+    if header is None:
+        lines += ["", f"[{section}]", f"{key} = {literal}"]
     else:
-        if header is None:
-            lines += ["", f"[{section}]", f"{key} = {literal}"]
-        else:
-            lines.insert(header + 1, f"{key} = {literal}")
-    text = "\n".join(lines) + "\n"
-    _settings_from(text, path)  # an unknown key or a wrong type: refused before anything is written
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    tmp.replace(path)
+        lines.insert(header + 1, f"{key} = {literal}")
+    return lines

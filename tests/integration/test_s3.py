@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import ssl
 import time
 import tomllib
@@ -321,3 +322,81 @@ def test_the_archive_answers_503_while_s3_is_down_and_recovers_without_a_restart
             assert client.get("/dicomweb/instances", params={"SOPInstanceUID": instance}).json()
     finally:
         own.stop()
+
+
+# -- medvault migrate --storage -----------------------------------------------------------------
+
+
+def _migrate_args(seaweed: Seaweed, home: Home, url: str) -> list[str]:
+    creds = home.root.parent / "target-credentials.toml"
+    creds.write_text(f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\n')
+    creds.chmod(0o600)
+    return [
+        "migrate", "--storage", url, "--endpoint", seaweed.endpoint, "--path-style",
+        "--ca-file", str(seaweed.ca), "--credentials-file", str(creds),
+    ]  # fmt: skip
+
+
+def test_migrate_moves_an_embedded_home_into_a_bucket_and_resumes(
+    home: Home, seaweed: Seaweed, tmp_path: Path, server_factory: Callable[[Home], Server]
+) -> None:
+    files = make_phi_study(tmp_path / "incoming", series=2, instances=5)
+    home.cli("import", str(tmp_path / "incoming"))
+    local = sorted(p for p in (home.root / "objects").glob("*/*") if not p.name.startswith("."))
+    assert len(local) == len(files)
+    bucket = _bucket(seaweed)
+    # a run that stopped midway: some objects are in the bucket already, one of them damaged
+    seeded = S3BlobStore.connect(
+        endpoint=seaweed.endpoint, bucket=bucket, prefix="site/", path_style=True, ca_file=seaweed.ca,
+        credentials=KEYS,
+    )  # fmt: skip
+    for path in local[:4]:
+        seeded.put(path.name, path.read_bytes())
+    damaged = bytearray(local[4].read_bytes())
+    damaged[100] ^= 1
+    seeded.put(local[4].name, bytes(damaged))
+    moved = home.cli(*_migrate_args(seaweed, home, f"s3://{bucket}/site"))
+    assert f"{len(files)} objects: {len(files) - 4} copied" in moved.stdout, moved.stdout
+    assert "4 already in the bucket" in moved.stdout and f"{len(files)} checked byte for byte" in moved.stdout
+    assert f"objects: {len(files)} of {len(files)} match their store events" in moved.stdout
+    config = tomllib.loads((home.root / "medvault.toml").read_text())["storage"]
+    assert (config["backend"], config["bucket"], config["prefix"]) == ("s3", bucket, "site/")
+    assert sorted(i.key for i in seeded.list_objects()) == [p.name for p in local]
+    assert seeded.get(local[4].name) == local[4].read_bytes()  # the damaged copy was replaced
+    # the home now serves from the bucket: empty the folder to be sure nothing is read from it
+    for path in local:
+        path.unlink()
+    server = server_factory(home)
+    with server.client() as client:
+        study = dcmread(files[0]).StudyInstanceUID
+        got = client.get(
+            f"/dicomweb/studies/{study}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
+        assert got.status_code == 200
+        assert all(dcmread(f).PixelData in got.content for f in files)
+    server.stop()
+    again = home.cli(*_migrate_args(seaweed, home, f"s3://{bucket}/site/"), check=False)
+    assert again.returncode == 1 and "are not in" in again.stderr  # the folder is gone: nothing to move
+    verify = home.cli("ledger", "verify")
+    assert f"objects: {len(files)} of {len(files)} match" in verify.stdout
+    ledger = sqlite3.connect(home.root / "ledger.db")
+    leaves = [bytes(d) for (d,) in ledger.execute("SELECT data FROM entries")]
+    ledger.close()
+    assert any(b'"storage.migrate"' in leaf for leaf in leaves)
+
+
+def test_migrate_refuses_and_switches_nothing(home: Home, seaweed: Seaweed, tmp_path: Path) -> None:
+    home.cli("import", str(make_phi_study(tmp_path / "in", series=1, instances=2)[0].parent))
+    before = (home.root / "medvault.toml").read_text()
+    bucket = _bucket(seaweed)
+    for url, words in (
+        (f"https://{bucket}", "is not s3://BUCKET"),
+        ("s3://no-such-bucket-at-all", "does not exist"),
+    ):
+        refused = home.cli(*_migrate_args(seaweed, home, url), check=False)
+        assert refused.returncode == 1 and words in refused.stderr, refused.stderr
+    next(p for p in (home.root / "objects").glob("*/*") if not p.name.startswith(".")).unlink()
+    refused = home.cli(*_migrate_args(seaweed, home, f"s3://{bucket}"), check=False)
+    assert refused.returncode == 1 and "1 objects the index names are not in" in refused.stderr
+    assert (home.root / "medvault.toml").read_text() == before

@@ -7,6 +7,7 @@ their diagnostics (what went wrong, what to do) and exit 1, never a traceback.
     medvault import                                    cli/importing.py
     medvault deid | export | deid-map                  cli/research.py
     medvault fsck                                      cli/fsck.py
+    medvault migrate                                   cli/migrate.py
     medvault users …                                   cli/users.py
     medvault keys …                                    cli/keys.py
     medvault apikeys …                                 cli/apikeys.py
@@ -54,6 +55,7 @@ COMMANDS = {
     "export": ("research", "export_command"),
     "deid-map": ("research", "deid_map"),
     "fsck": ("fsck", "fsck"),
+    "migrate": ("migrate", "migrate_command"),
     "quickstart": ("home", "quickstart"),
     "version": ("home", "version"),
 }
