@@ -400,3 +400,37 @@ def test_migrate_refuses_and_switches_nothing(home: Home, seaweed: Seaweed, tmp_
     refused = home.cli(*_migrate_args(seaweed, home, f"s3://{bucket}"), check=False)
     assert refused.returncode == 1 and "1 objects the index names are not in" in refused.stderr
     assert (home.root / "medvault.toml").read_text() == before
+
+
+def test_an_object_changed_or_swapped_in_the_bucket_is_never_served(
+    home: Home, seaweed: Seaweed, tmp_path: Path, server_factory: Callable[[Home], Server]
+) -> None:
+    """Someone with write access to the bucket (but no keys) flips a byte, then swaps two objects:
+    the envelope's authentication (its key bound to the instance) refuses both, never serving a
+    byte of them."""
+    bucket = _bucket(seaweed)
+    use_s3(home, seaweed, bucket)
+    files = make_phi_study(tmp_path / "in", series=1, instances=2)
+    server = server_factory(home)
+    raw = seaweed.client()
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    with server.client() as client:
+        assert _stow(client, files).status_code == 200
+        names = sorted(i["Key"] for i in raw.list_objects_v2(Bucket=bucket)["Contents"])
+        blobs = {n: raw.get_object(Bucket=bucket, Key=n)["Body"].read() for n in names}
+        ds = [dcmread(f) for f in files]
+        urls = [
+            f"/dicomweb/studies/{d.StudyInstanceUID}/series/{d.SeriesInstanceUID}/instances/{d.SOPInstanceUID}"
+            for d in ds
+        ]
+        flipped = bytearray(blobs[names[0]])
+        flipped[len(flipped) // 2] ^= 1
+        raw.put_object(Bucket=bucket, Key=names[0], Body=bytes(flipped))
+        raw.put_object(Bucket=bucket, Key=names[1], Body=blobs[names[0]])  # a valid object, wrong place
+        for url, d in zip(urls, ds, strict=True):
+            got = client.get(url, headers=accept)
+            assert got.status_code == 500 and "integrity" in got.json()["error"], (url, got.status_code)
+            assert d.PixelData[:64] not in got.content
+        for name, data in blobs.items():  # put back: served again
+            raw.put_object(Bucket=bucket, Key=name, Body=data)
+        assert all(client.get(u, headers=accept).status_code == 200 for u in urls)
