@@ -72,13 +72,26 @@ def set_monitor(home: Path, enabled: bool) -> None:
 
 
 class Archive:
-    """A fresh home and its `medvault serve` on a free port."""
+    """A fresh home and its `medvault serve` on a free port; ``storage``: [storage] settings
+    (bench/s3_side_by_side.py points it at a bucket)."""
 
-    def __init__(self, parent: Path, name: str, *, monitor: bool, workers: int) -> None:
+    def __init__(
+        self,
+        parent: Path,
+        name: str,
+        *,
+        monitor: bool,
+        workers: int,
+        storage: dict[str, bool | int | str] | None = None,
+    ) -> None:
         self.name, self.home, self.port = name, parent / name, free_port()
         self.env = {**os.environ, "MEDVAULT_PASSPHRASE": PASSPHRASE}
         medvault("init", "--home", str(self.home), env=self.env)
         set_monitor(self.home, monitor)
+        if storage:
+            from medvault.config import write_settings
+
+            write_settings(self.home, "storage", storage)
         self.key = medvault("apikeys", "create", "bench", "--role", "archivist", "--home", str(self.home),
                             env=self.env).strip().splitlines()[-1]  # fmt: skip
         self.process = subprocess.Popen(
