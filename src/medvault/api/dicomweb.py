@@ -331,13 +331,15 @@ def _retrieve(
         # as stored: each instance is decrypted straight into its place in the batch buffer
         buffer = memoryview(bytearray(sum(len(head) + record.size + 2 for head, record in batch)))
         pos = 0
+        places: list[tuple[InstanceRecord, memoryview]] = []
         for head, record in batch:
             buffer[pos : pos + len(head)] = head
             pos += len(head)
-            archive.read_into(record, buffer[pos : pos + record.size])
+            places.append((record, buffer[pos : pos + record.size]))
             pos += record.size
             buffer[pos : pos + 2] = b"\r\n"
             pos += 2
+        archive.read_many_into(places)
         return buffer
 
     async def stream() -> AsyncIterator[bytes | memoryview]:
