@@ -173,6 +173,24 @@ def test_read_into_decrypts_in_place_and_refuses_damage(
         archive.read_into(record, memoryview(bytearray(record.size)))
 
 
+def test_read_many_into_is_read_into_for_each_and_stops_at_damage(
+    archive: Archive, blobs: MemoryBlobStore, ct_files: list[bytes]
+) -> None:
+    outcomes = archive.store_batch(ct_files)
+    records = [archive.instances(o.study_uid or "", o.series_uid, o.sop_instance_uid)[0] for o in outcomes]
+    buffers = [bytearray(r.size) for r in records]
+    archive.read_many_into([(r, memoryview(b)) for r, b in zip(records, buffers, strict=True)])
+    assert [bytes(b) for b in buffers] == ct_files  # each in its place, in order
+    damaged = bytearray(blobs.get(records[2].blob_key))
+    damaged[len(damaged) // 2] ^= 0x40
+    blobs.put(records[2].blob_key, bytes(damaged))
+    fresh = [bytearray(r.size) for r in records]
+    with pytest.raises(IntegrityError, match="integrity check"):
+        archive.read_many_into([(r, memoryview(b)) for r, b in zip(records, fresh, strict=True)])
+    assert [bytes(b) for b in fresh[:2]] == ct_files[:2]  # those before it were served
+    assert not any(any(b) for b in fresh[3:])  # nothing after it was decrypted
+
+
 def test_frames_are_read_without_the_rest(archive: Archive) -> None:
     data = read("SC_rgb_rle_2frame.dcm")
     outcome = archive.store(data)
