@@ -146,6 +146,13 @@ def test_connect_refuses_what_would_go_wrong_later(seaweed: Seaweed, tmp_path: P
         )
     with pytest.raises(StorageUnavailable, match="did not verify"):  # the system's CAs do not know it
         S3BlobStore.connect(endpoint=seaweed.endpoint, bucket=bucket, path_style=True, credentials=KEYS)
+    with pytest.raises(ConfigError, match="no credentials, query or fragment"):  # never a secret in a URL
+        S3BlobStore.connect(endpoint=f"https://{ACCESS_KEY}:{SECRET_KEY}@127.0.0.1:1", bucket=bucket)
+    with pytest.raises(ConfigError) as leaked:
+        S3BlobStore.connect(endpoint=f"ftp://{ACCESS_KEY}:{SECRET_KEY}@127.0.0.1:1", bucket=bucket)
+    assert SECRET_KEY not in str(leaked.value) + leaked.value.hint
+    with pytest.raises(ConfigError, match=r"ca_file .* does not exist"):
+        S3BlobStore.connect(endpoint=seaweed.endpoint, bucket=bucket, ca_file=tmp_path / "none.pem")
     with pytest.raises(ConfigError, match="must end with '/'"):
         _store(seaweed, bucket, prefix="archive")
     with pytest.raises(ConfigError, match="at least 5 MiB"):

@@ -105,17 +105,27 @@ class S3BlobStore:
         credentials (a typo fails here, not at the first image). Without ``credentials``, boto3's
         own chain is used (AWS_* environment variables, ~/.aws, an instance role)."""
         url = urlsplit(endpoint)
+        if url.username is not None or url.password is not None or url.query or url.fragment:
+            raise ConfigError(
+                "[storage] endpoint must be a plain https://host[:port] URL "
+                "(no credentials, query or fragment)",
+                hint="Credentials go in [storage] credentials_file or the AWS_* variables, never in the URL.",
+            )
         if url.scheme not in ("https", "http") or not url.hostname:
             raise ConfigError(f"[storage] endpoint {endpoint!r} is not an http(s) URL")
         if url.scheme == "http" and not plain_http:
             raise ConfigError(
-                f"[storage] endpoint {endpoint} is plain HTTP: objects and credentials would cross the "
-                "network unprotected",
+                f"[storage] endpoint {endpoint} is plain HTTP: requests would cross the network "
+                "unprotected (the objects are encrypted; their names, sizes and the signed requests are not)",
                 hint="Use the store's https:// endpoint (with [storage] ca_file for a private CA), or set "
                 "[storage] plain_http = true for an isolated test network only.",
             )
         if not bucket:
             raise ConfigError("[storage] bucket is not set", hint="Name the bucket the archive writes to.")
+        if ca_file is not None and not ca_file.is_file():
+            raise ConfigError(
+                f"[storage] ca_file {ca_file} does not exist", hint="Give the PEM file of the CA."
+            )
         if prefix and not prefix.endswith("/"):
             raise ConfigError(f"[storage] prefix {prefix!r} must end with '/'")
         config = Config(
