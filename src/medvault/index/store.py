@@ -585,8 +585,13 @@ class Index:
         study_cache: dict[int, Json] = {}
         series_cache: dict[int, Json] = {}
         seen_visible: dict[int, bool] = {}
-        with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=_SCAN_BATCH).execute(query):
+        # the result is closed on the way out, also at ``limit`` (PostgreSQL streams it through a
+        # server-side cursor, which must not outlive the loop)
+        with (
+            self.engine.connect() as conn,
+            conn.execution_options(yield_per=_SCAN_BATCH).execute(query) as rows,
+        ):
+            for row in rows:
                 attrs = study_cache.get(row.study_id)
                 if attrs is None:
                     attrs = self._open(row.doc, "study/" + row.study_uid)

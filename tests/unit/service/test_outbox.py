@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from medvault.archive import Archive
 from medvault.audit import LedgerAudit
@@ -92,7 +93,7 @@ def test_a_crash_before_the_ledger_append_is_repaired_exactly_once(
     assert publish_outbox(archive) == (0, 3)  # the writer (this process) is alive: hands off
     dead = "1:never"  # no process 1 started at that time
     with archive.index._writer.begin() as conn:
-        conn.exec_driver_sql("UPDATE ledger_outbox SET owner = ?", (dead,))
+        conn.execute(text("UPDATE ledger_outbox SET owner = :owner"), {"owner": dead})
     assert publish_outbox(archive, dry_run=True) == (3, 0)
     assert publish_outbox(archive) == (3, 0)
     assert len(_store_events(archive)) == 3 and archive.index.outbox_rows() == []
