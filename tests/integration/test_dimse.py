@@ -134,7 +134,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "scu": _issue(nodes, home, creds_dir, "scu", "SCU1", {"store", "find", "get", "move"}),
         "storeonly": _issue(nodes, home, creds_dir, "storeonly", "STOREONLY", {"store"}),
         "revoked": _issue(nodes, home, creds_dir, "revoked", "REVOKED", {"store", "find"}),
-        "dest": _issue(nodes, home, creds_dir, "dest", "DEST", set(), port=free_port()),
         "expired": _issue(
             nodes,
             home,
@@ -351,10 +350,12 @@ def test_dcmtk_getscu_returns_the_stored_bytes(env: Env, tmp_path: Path) -> None
 @needs_dcmtk
 def test_dcmtk_movescu_to_a_registered_tls_destination(env: Env, tmp_path: Path) -> None:
     ensure_stored(env)
-    dest = env.nodes.get("dest")
+    # A destination registered now, on a port picked now: one picked when the module's fixture ran
+    # could have been taken meanwhile (by an ephemeral client port) before storescp binds it.
+    c = _issue(env.nodes, env.home, tmp_path / "creds", "mover-dest", "MOVEDEST", set(), port=free_port())
+    dest = env.nodes.get("mover-dest")
     out = tmp_path / "moved"
     out.mkdir()
-    c = env.creds["dest"]
     scp = subprocess.Popen(
         [
             "/usr/bin/storescp",
@@ -364,7 +365,7 @@ def test_dcmtk_movescu_to_a_registered_tls_destination(env: Env, tmp_path: Path)
             "+cf",
             str(env.ca),
             "-aet",
-            "DEST",
+            "MOVEDEST",
             "-od",
             str(out),
             str(dest.port),
@@ -384,7 +385,7 @@ def test_dcmtk_movescu_to_a_registered_tls_destination(env: Env, tmp_path: Path)
                 *PLAIN_SCU1,
                 "-S",
                 "-aem",
-                "DEST",
+                "MOVEDEST",
                 "-k",
                 "QueryRetrieveLevel=STUDY",
                 "-k",
@@ -399,7 +400,7 @@ def test_dcmtk_movescu_to_a_registered_tls_destination(env: Env, tmp_path: Path)
         assert all(dcmread(p).StudyInstanceUID == first.StudyInstanceUID for p in received)
         moves = env.events_since(mark, "dimse.move")
         assert moves and moves[-1].outcome == "success" and moves[-1].details["completed"] == 2
-        assert moves[-1].details["destination"] == "dest"
+        assert moves[-1].details["destination"] == "mover-dest"
         # An unregistered destination AE title is refused (0xA801).
         r = run(
             [
