@@ -31,6 +31,7 @@ SERVICE = {
     "home",
     "export",
     "fsck",
+    "migrate",
     "reports",
     "sample",
     "testing",
