@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -143,22 +144,31 @@ def lookup(doc: dict, path: tuple[str, ...]) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def bench_command(
+    archives: dict[str, Archive], order: list[str], data: Path, out: Path, args: argparse.Namespace
+) -> tuple[list[str], dict[str, str]]:
+    """The bench/dicomweb_bench.py command (STOW then WADO) against ``archives`` in ``order``,
+    and its environment (each archive's API key in a variable)."""
+    cmd = [PY, str(ROOT / "bench" / "dicomweb_bench.py"), str(data), "--phases", "stow,wado",
+           "--concurrency", str(args.concurrency), "--batch", str(args.batch), "--repeats", "30",
+           "--json", str(out)]  # fmt: skip
+    env = dict(os.environ)
+    for name in order:
+        a = archives[name]
+        env[f"KEY_{name.upper()}"] = a.key
+        cmd += ["--target", f"{name}=https://127.0.0.1:{a.port}/dicomweb",
+                "--auth", f"{name}=bearer-env:KEY_{name.upper()}",
+                "--ca", f"{name}={a.home / 'tls' / 'ca.crt'}"]  # fmt: skip
+    return cmd, env
+
+
 def one_round(data: Path, order: list[str], work: Path, args: argparse.Namespace) -> dict[str, dict]:
     archives: dict[str, Archive] = {}
     out = work / "round.json"
     try:
         for name in order:
             archives[name] = Archive(work, name, monitor=name == "on", workers=args.workers)
-        cmd = [PY, str(ROOT / "bench" / "dicomweb_bench.py"), str(data), "--phases", "stow,wado",
-               "--concurrency", str(args.concurrency), "--batch", str(args.batch), "--repeats", "30",
-               "--json", str(out)]  # fmt: skip
-        env = dict(os.environ)
-        for name in order:
-            a = archives[name]
-            env[f"KEY_{name.upper()}"] = a.key
-            cmd += ["--target", f"{name}=https://127.0.0.1:{a.port}/dicomweb",
-                    "--auth", f"{name}=bearer-env:KEY_{name.upper()}",
-                    "--ca", f"{name}={a.home / 'tls' / 'ca.crt'}"]  # fmt: skip
+        cmd, env = bench_command(archives, order, data, out, args)
         on = archives["on"]
         monitor_pid = on.children()[-1]  # serve forks the HTTP workers, DIMSE, then the monitor
         before = on.cpu_seconds()
@@ -173,11 +183,14 @@ def one_round(data: Path, order: list[str], work: Path, args: argparse.Namespace
     return results
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str, *, workers: int) -> argparse.Namespace:
+    """The options of a side-by-side bench (this one, bench/s3_side_by_side.py)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "bench" / "data" / "ct400")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--workers", type=int, default=2, help="HTTP workers of each server (default 2)")
+    p.add_argument(
+        "--workers", type=int, default=workers, help=f"HTTP workers of each server (default {workers})"
+    )
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--json", type=Path, help="write every round's figures here")
@@ -186,25 +199,35 @@ def main() -> int:
         err.print(f"generating {args.data} (4 studies x 2 series x 50 CT images, ~210 MB)")
         subprocess.run([PY, str(ROOT / "bench" / "generate.py"), str(args.data), "--studies", "4", "--quiet"],
                        check=True)  # fmt: skip
+    return args
+
+
+def side_by_side(
+    args: argparse.Namespace,
+    pair: tuple[str, str],
+    run: Callable[[Path, list[str], Path, argparse.Namespace], dict[str, dict]],
+    extra: Callable[[dict[str, dict]], dict[str, float]],
+    title: str,
+) -> None:
+    """``args.rounds`` rounds of ``run`` (fresh archives each, the order alternating), each
+    figure of FIGURES for both and their ratio, ``extra``'s figures, then medians in a table."""
+    a, b = pair
     rounds: list[dict[str, float]] = []
     for i in range(args.rounds):
-        order = ["on", "off"] if i % 2 == 0 else ["off", "on"]
+        order = [a, b] if i % 2 == 0 else [b, a]
         err.print(f"round {i + 1} of {args.rounds}: {order[0]} first")
-        with tempfile.TemporaryDirectory(prefix="mv-overhead-") as tmp:
-            results = one_round(args.data, order, Path(tmp), args)
+        with tempfile.TemporaryDirectory(prefix="mv-bench-") as tmp:
+            results = run(args.data, order, Path(tmp), args)
         row = {}
         for label, path in FIGURES.items():
-            on, off = lookup(results["on"], path), lookup(results["off"], path)
-            row[f"{label} on"], row[f"{label} off"] = on, off
-            row[f"{label} on/off"] = on / off if off else float("nan")
-        row["stored on"] = lookup(results["on"], ("stow", "stored"))
-        row["stored off"] = lookup(results["off"], ("stow", "stored"))
-        cpu = results["on"]["cpu"]
-        row["monitor CPU s"] = cpu["monitor"]
-        row["archive CPU s (all processes)"] = cpu["archive"]
-        row["monitor share of archive CPU"] = cpu["monitor"] / cpu["archive"] if cpu["archive"] else 0.0
+            x, y = lookup(results[a], path), lookup(results[b], path)
+            row[f"{label} {a}"], row[f"{label} {b}"] = x, y
+            row[f"{label} {a}/{b}"] = x / y if y else float("nan")
+        row[f"stored {a}"] = lookup(results[a], ("stow", "stored"))
+        row[f"stored {b}"] = lookup(results[b], ("stow", "stored"))
+        row.update(extra(results))
         rounds.append(row)
-    table = Table(title=f"online monitor on vs off ({args.rounds} rounds, order alternating)")
+    table = Table(title=f"{title} ({args.rounds} rounds, order alternating)")
     table.add_column("figure")
     for i in range(len(rounds)):
         table.add_column(f"round {i + 1}", justify="right")
@@ -214,9 +237,23 @@ def main() -> int:
         exact = "/" in key or "share" in key or "CPU" in key
         table.add_row(key, *(f"{v:,.3f}" if exact else f"{v:,.1f}" for v in values),
                       f"{statistics.median(values):,.3f}")  # fmt: skip
-    Console().print(table)
+    Console(width=160).print(table)
     if args.json:
         args.json.write_text(json.dumps(rounds, indent=2))
+
+
+def _monitor_cpu(results: dict[str, dict]) -> dict[str, float]:
+    cpu = results["on"]["cpu"]
+    return {
+        "monitor CPU s": cpu["monitor"],
+        "archive CPU s (all processes)": cpu["archive"],
+        "monitor share of archive CPU": cpu["monitor"] / cpu["archive"] if cpu["archive"] else 0.0,
+    }
+
+
+def main() -> int:
+    args = arguments(__doc__ or "", workers=2)
+    side_by_side(args, ("on", "off"), one_round, _monitor_cpu, "online monitor on vs off")
     return 0
 
 

@@ -419,6 +419,12 @@ def write_settings(home: Path, section: str, values: dict[str, bool | int | str]
         lines = _with_setting(lines, section, key, value)
     text = "\n".join(lines) + "\n"
     _settings_from(text, path)  # an unknown key or a wrong type: refused before anything is written
+    replace_config_text(path, text)
+
+
+def replace_config_text(path: Path, text: str) -> None:
+    """Replace ``medvault.toml`` with ``text`` atomically (temp file, fsync, rename), keeping its
+    mode; the caller has checked that the loader accepts ``text``."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

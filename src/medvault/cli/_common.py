@@ -155,3 +155,22 @@ def user_action(
         out.print(message, highlight=False)
     finally:
         opened.close()
+
+
+def check_objects(opened: OpenHome) -> list[str]:
+    """Check every stored object against its store event in the ledger (decrypted and hashed),
+    with a progress bar; print the problems and the count. Returns the problems."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from medvault.reports import verify_objects
+
+    total = opened.archive.index.count_instances()
+    with Progress(
+        TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
+    ) as bar:
+        task = bar.add_task("objects", total=total)
+        problems = verify_objects(opened.archive, progress=lambda n: bar.advance(task, n))
+    for problem in problems:
+        out.print(f"  - {problem}", highlight=False, soft_wrap=True)
+    out.print(f"objects: {total - len(problems)} of {total} match their store events", highlight=False)
+    return problems

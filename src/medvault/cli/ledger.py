@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from medvault.cli._common import (
     HomeOption,
     PassphraseFile,
+    check_objects,
     cli_actor,
     err,
     open_for_cli,
@@ -48,7 +49,6 @@ def ledger_verify(
     """Recompute the Merkle tree from storage, check every signed checkpoint and their consistency,
     name the first altered/removed/reordered/inserted entry, and check every stored image."""
     from medvault.ledger.verify import verify_ledger
-    from medvault.reports import verify_objects
 
     opened = open_for_cli(home, passphrase_file)
     try:
@@ -72,17 +72,7 @@ def ledger_verify(
         out.print(report.summary(), highlight=False, soft_wrap=True)
         problems: list[str] = []
         if objects:
-            total = opened.archive.index.count_instances()
-            with Progress(
-                TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
-            ) as progress:
-                task = progress.add_task("objects", total=total)
-                problems = verify_objects(opened.archive, progress=lambda n: progress.advance(task, n))
-            for problem in problems:
-                out.print(f"  - {problem}", highlight=False, soft_wrap=True)
-            out.print(
-                f"objects: {total - len(problems)} of {total} match their store events", highlight=False
-            )
+            problems = check_objects(opened)
             from medvault.fsck import reconcile
 
             storage = reconcile(opened.archive, repair=False)

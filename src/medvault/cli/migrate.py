@@ -9,7 +9,15 @@ from urllib.parse import urlsplit
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from medvault.cli._common import HomeOption, PassphraseFile, err, open_for_cli, out, record_change
+from medvault.cli._common import (
+    HomeOption,
+    PassphraseFile,
+    check_objects,
+    err,
+    open_for_cli,
+    out,
+    record_change,
+)
 from medvault.errors import ConfigError
 from medvault.ledger.events import EventKind
 
@@ -50,7 +58,6 @@ def migrate_command(
     as it was (ciphertext only); remove it once the archive serves from the bucket."""
     from medvault.config import write_settings
     from medvault.migrate import copy_objects
-    from medvault.reports import verify_objects
     from medvault.storage.filesystem import FilesystemBlobStore
     from medvault.storage.s3 import S3BlobStore, S3Credentials
 
@@ -128,17 +135,9 @@ def migrate_command(
     )
     reopened = open_for_cli(home, passphrase_file)  # the home as it opens from now on: on the bucket
     try:
-        total = reopened.archive.index.count_instances()
-        with Progress(
-            TextColumn("[bold]checking objects"), BarColumn(), MofNCompleteColumn(), console=err
-        ) as bar:
-            task = bar.add_task("objects", total=total)
-            problems = verify_objects(reopened.archive, progress=lambda n: bar.advance(task, n))
+        problems = check_objects(reopened)
     finally:
         reopened.close()
-    for problem in problems:
-        out.print(f"  - {problem}", highlight=False, soft_wrap=True)
-    out.print(f"objects: {total - len(problems)} of {total} match their store events", highlight=False)
     if problems:
         raise typer.Exit(1)
     out.print(

@@ -15,7 +15,6 @@ afresh, so all server processes apply the same rules.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,14 @@ from typing import Any
 from medvault.archive import Archive
 from medvault.audit import SYSTEM
 from medvault.compliance.rules import Verdict, evaluate, rules_digest
-from medvault.config import CONFIG_FILE, RetentionRule, RetentionSettings, _settings_from, load_settings
+from medvault.config import (
+    CONFIG_FILE,
+    RetentionRule,
+    RetentionSettings,
+    _settings_from,
+    load_settings,
+    replace_config_text,
+)
 from medvault.errors import ConfigError, MedvaultError, NotFound
 from medvault.index.legal_holds import LegalHoldActive
 from medvault.index.retention_view import study_profiles
@@ -228,13 +234,7 @@ def write_rules(root: Path, rules: Sequence[RetentionRule], *, actor: Actor, arc
     loaded = _settings_from(text, path)
     if loaded.retention.rules != tuple(rules):
         raise ConfigError("the retention rules could not be written faithfully; nothing was changed")
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, path.stat().st_mode & 0o777)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    replace_config_text(path, text)
     digest = rules_digest(rules)
     if archive.audit is not None:
         archive.audit.emit(
